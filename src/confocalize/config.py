@@ -1,0 +1,147 @@
+"""Every training setting as one pydantic model, loadable from YAML and echoed to the run folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from confocalize.errors import ConfocalizeError
+
+
+class Strict(BaseModel):
+    """Base for all settings: unknown or mistyped keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NormalizationConfig(Strict):
+    """Percentile normalisation applied to each input image (and to each training target)."""
+
+    low: float = Field(1.0, ge=0, lt=50, description="lower percentile mapped to 0")
+    high: float = Field(99.8, gt=50, le=100, description="upper percentile mapped to 1")
+
+
+class DataConfig(Strict):
+    """Where the pairs come from and how patches are drawn."""
+
+    pairs_dir: Path | None = None
+    lq_dir: Path | None = None
+    hq_dir: Path | None = None
+    pairs_csv: Path | None = None
+    field_pattern: str | None = Field(None, description="regex whose first group is the field-of-view id")
+    lq_pixel_size: float | None = Field(None, gt=0, description="µm; for files without metadata")
+    patch_size: int = Field(128, ge=16, description="training patch edge in pixels")
+    batch_size: int = Field(8, ge=1)
+    patches_per_epoch: int = Field(256, ge=1, description="random patches drawn per training epoch")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of fields held out for validation")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="share of fields held out for testing")
+    augment: bool = True
+    num_workers: int = Field(0, ge=0)
+    normalization: NormalizationConfig = NormalizationConfig()
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave fields for training (sum < 1)")
+        return self
+
+
+class GeneratorConfig(Strict):
+    """U-Net generator: ``depth`` down-sampling levels, ``base_channels`` at full resolution."""
+
+    depth: int = Field(4, ge=1, le=8)
+    base_channels: int = Field(32, ge=4)
+    max_channels: int = Field(512, ge=4)
+    norm: Literal["batch", "none"] = Field("batch", description="eval-mode BatchNorm is tile-safe; per-tile norms are not offered")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class DiscriminatorConfig(Strict):
+    """PatchGAN discriminator: ``n_layers`` strided layers (3 gives the 70x70 receptive field)."""
+
+    n_layers: int = Field(3, ge=1, le=6)
+    base_channels: int = Field(64, ge=4)
+
+
+class LossConfig(Strict):
+    """Generator loss = l1_weight * L1 + ssim_weight * (1 - SSIM) + adv_weight * adversarial."""
+
+    l1_weight: float = Field(100.0, ge=0)
+    ssim_weight: float = Field(0.0, ge=0)
+    adv_weight: float = Field(1.0, ge=0, description="0 trains an L1-only U-Net (no discriminator)")
+    gan_mode: Literal["lsgan", "bce"] = "lsgan"
+
+
+class OptimConfig(Strict):
+    """Adam for both networks, as in pix2pix."""
+
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class TrainerConfig(Strict):
+    """The Lightning trainer: length, hardware, logging and checkpoints."""
+
+    max_steps: int = Field(2000, ge=1, description="generator optimisation steps")
+    max_time_minutes: float | None = Field(None, gt=0)
+    val_every_steps: int = Field(200, ge=1)
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: str = "32-true"
+    seed: int = 0
+    progress_bar: bool = True
+    log_every_steps: int = Field(10, ge=1)
+
+
+class TrainConfig(Strict):
+    """Everything a training run needs; travels unchanged from the CLI into ``train.fit``."""
+
+    output_dir: Path = Path("runs/latest")
+    data: DataConfig = DataConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Load a :class:`TrainConfig` from YAML; unknown keys and bad values are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfocalizeError(f"{path}: no such config file; check the path")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfocalizeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfocalizeError(f"{path}: the top level must be a mapping of settings")
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a settings mapping into a :class:`TrainConfig` with a one-line error."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        hint = "unknown key; check its spelling" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfocalizeError(f"{source}: setting '{where}': {hint}") from None
+
+
+def dump_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write the config as YAML (atomically), so a run folder records how it was made."""
+    from confocalize.io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path

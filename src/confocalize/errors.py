@@ -1,0 +1,15 @@
+"""The project's own error type: a user error with a one-line, actionable message."""
+
+from __future__ import annotations
+
+
+class ConfocalizeError(Exception):
+    """A problem with the user's input or environment.
+
+    The message is one line that names the file (or setting) and says how to fix it. The CLI
+    prints it without a traceback and exits with code 2.
+    """
+
+
+class RegistrationError(ConfocalizeError):
+    """A pair of images could not be registered with enough confidence to be used."""

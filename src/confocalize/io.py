@@ -1,0 +1,281 @@
+"""Reading and writing microscopy images with their axes and pixel size; atomic file writes.
+
+Images cross module boundaries as :class:`Image`: a numpy array, an axes string (one of
+``YX``, ``ZYX``, ``CYX``, ``CZYX``) and the in-plane pixel size in micrometres (``None`` when the
+file does not record it). Every writer in the project goes through :func:`atomic_write` so that a
+crash or a full disk never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from confocalize.errors import ConfocalizeError
+
+AXES = ("YX", "ZYX", "CYX", "CZYX")
+TIFF_SUFFIXES = (".tif", ".tiff")
+OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.float32, np.float64)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image array with named axes and physical pixel size."""
+
+    data: np.ndarray
+    axes: str
+    pixel_size: float | None = None  # in-plane (x and y) size of one pixel, µm
+    z_step: float | None = None  # distance between planes, µm
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """File name without image suffixes (``a.ome.tif`` -> ``a``), or ``image``."""
+        return image_stem(self.path) if self.path is not None else "image"
+
+    def with_data(self, data: np.ndarray, axes: str | None = None) -> Image:
+        """The same image metadata around new pixel data."""
+        return replace(self, data=data, axes=axes or self.axes)
+
+
+def image_stem(path: Path) -> str:
+    """File name without its image suffixes (``.ome.tif``, ``.tif``, ``.png`` ...)."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def check_pixel_size(value: float | None, what: str) -> float | None:
+    """Validate a pixel size in µm (positive and finite) or pass ``None`` through."""
+    if value is None:
+        return None
+    if not np.isfinite(value) or value <= 0:
+        raise ConfocalizeError(f"{what}: pixel size {value} µm is not positive; give a size > 0 in µm")
+    return float(value)
+
+
+def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: float | None = None) -> Image:
+    """Read a TIFF/OME-TIFF/PNG/JPEG file as an :class:`Image`.
+
+    ``axes`` overrides the axes found in the file; ``pixel_size`` (µm) overrides or supplies the
+    in-plane pixel size. Raises :class:`ConfocalizeError` with a one-line message for a missing,
+    empty, corrupt or unusable file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfocalizeError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise ConfocalizeError(f"{path}: is a folder, not an image file; give a .tif/.png file")
+    if path.stat().st_size == 0:
+        raise ConfocalizeError(f"{path}: file is empty (0 bytes); re-export or re-copy it")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        data, file_axes, file_px, z_step = _read_tiff(path)
+    elif path.suffix.lower() in OTHER_SUFFIXES:
+        data, file_axes, file_px, z_step = _read_pillow(path)
+    else:
+        raise ConfocalizeError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(IMAGE_SUFFIXES)}")
+    data = _check_data(path, data)
+    final_axes = _check_axes(path, data, axes.upper() if axes else file_axes)
+    px = check_pixel_size(pixel_size, str(path)) if pixel_size is not None else file_px
+    return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ConfocalizeError(f"{path}: not a readable TIFF (no image data found); re-export or re-copy it")
+            series = tif.series[0]
+            data = series.asarray()
+            axes = series.axes
+            px, z_step = _tiff_pixel_size(tif)
+    except ConfocalizeError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt or truncated files
+        raise ConfocalizeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}); re-export or re-copy it") from None
+    data, axes = _canonical_axes(data, axes)
+    return data, axes, px, z_step
+
+
+def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+    """Pixel size and z step in µm from OME-XML, ImageJ metadata or resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        meta = tifffile.xml2dict(tif.ome_metadata)
+        images = meta.get("OME", {}).get("Image", {})
+        pixels = (images[0] if isinstance(images, list) else images).get("Pixels", {})
+        px = _with_unit(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit", "µm"))
+        dz = _with_unit(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit", "µm"))
+        if px is not None:
+            return px, dz
+    page = tif.pages.first
+    tag = page.tags.get("XResolution")
+    ij = tif.imagej_metadata or {}
+    dz = ij.get("spacing")
+    if tag is None:
+        return None, dz
+    num, den = tag.value
+    if num == 0 or (num == 1 and den == 1):  # 1 pixel per unit is the "not set" default
+        return None, dz
+    per_unit = den / num
+    unit = page.tags.get("ResolutionUnit")
+    unit_value = int(unit.value) if unit is not None else 1
+    if ij.get("unit"):
+        factor = _MICRONS_PER_UNIT.get(str(ij["unit"]))
+        return (per_unit * factor if factor else None), dz
+    if unit_value == 3:  # centimetre
+        return per_unit * 1e4, dz
+    if unit_value == 2:  # inch: a print resolution, not a microscope pixel size
+        return None, dz
+    return None, dz
+
+
+def _with_unit(value: Any, unit: str) -> float | None:
+    if value is None:
+        return None
+    factor = _MICRONS_PER_UNIT.get(str(unit), None)
+    return float(value) * factor if factor is not None else None
+
+
+def _read_pillow(path: Path) -> tuple[np.ndarray, str, float | None, float | None]:
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as img:
+            data = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ConfocalizeError(f"{path}: not a readable image ({exc}); re-export or re-copy it") from None
+    if data.ndim == 3:  # colour: keep the channels, drop an alpha channel
+        data = np.moveaxis(data[..., :3], -1, 0)
+        if np.all(data == data[:1]):
+            return data[0], "YX", None, None
+        return data, "CYX", None, None
+    return data, "YX", None, None
+
+
+def _canonical_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Bring tifffile's axes to one of YX, ZYX, CYX, CZYX (drop singletons, samples -> C)."""
+    axes = axes.upper().replace("S", "C").replace("Q", "Z").replace("I", "Z")
+    for ax in "TCZ":  # squeeze singleton non-spatial axes
+        if axes.count(ax) == 1 and data.shape[axes.index(ax)] == 1:
+            data = np.squeeze(data, axes.index(ax))
+            axes = axes.replace(ax, "")
+    if len(set(axes)) != len(axes) or not set(axes) <= set("CZYX"):
+        return data, axes
+    order = [axes.index(ax) for ax in "CZYX" if ax in axes]
+    return np.transpose(data, order), "".join(ax for ax in "CZYX" if ax in axes)
+
+
+def _check_data(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.dtype.kind == "b" or data.dtype.kind == "c" or data.dtype.type not in SUPPORTED_DTYPES:
+        raise ConfocalizeError(f"{path}: pixel type {data.dtype} is not supported; save as 8/16/32-bit integer or 32-bit float")
+    if data.ndim < 2 or data.shape[-1] < 2 or data.shape[-2] < 2:
+        raise ConfocalizeError(f"{path}: image of shape {data.shape} is too small; need at least 2x2 pixels")
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise ConfocalizeError(f"{path}: {bad} pixels are NaN or Inf; replace them (e.g. with the background) first")
+    return data
+
+
+def _check_axes(path: Path, data: np.ndarray, axes: str) -> str:
+    if axes not in AXES:
+        raise ConfocalizeError(f"{path}: axes '{axes}' are not supported; use one of {', '.join(AXES)} (option --axes)")
+    if len(axes) != data.ndim:
+        raise ConfocalizeError(f"{path}: axes '{axes}' do not fit an array of shape {data.shape}; give matching --axes")
+    return axes
+
+
+def write_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    axes: str,
+    pixel_size: float | None = None,
+    z_step: float | None = None,
+) -> Path:
+    """Write ``data`` as (OME-)TIFF with axes and pixel size (µm) in the metadata, atomically."""
+    path = Path(path)
+    if axes not in AXES or len(axes) != data.ndim:
+        raise ValueError(f"axes {axes!r} do not fit data of shape {data.shape}")
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        raise ConfocalizeError(f"{path}: output must be a .tif or .ome.tif file")
+    metadata: dict[str, Any] = {"axes": axes}
+    if pixel_size is not None:
+        metadata.update(PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
+    if z_step is not None and "Z" in axes:
+        metadata.update(PhysicalSizeZ=z_step, PhysicalSizeZUnit="µm")
+    # Resolution tags (pixels per cm) for readers that ignore OME-XML, such as plain TIFF viewers.
+    resolution = {"resolution": (1e4 / pixel_size, 1e4 / pixel_size), "resolutionunit": "CENTIMETER"} if pixel_size else {}
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(data), ome=True, metadata=metadata, photometric="minisblack", **resolution)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise ConfocalizeError(f"{path.parent}: cannot write here ({exc.strerror}); choose another output folder") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfocalizeError(f"{path}: write failed ({exc.strerror}); free disk space or choose another output folder") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def list_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files (folders: not recursive)."""
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            files = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            if not files:
+                raise ConfocalizeError(f"{item}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            found.extend(files)
+        elif item.exists():
+            found.append(item)
+        else:
+            raise ConfocalizeError(f"{item}: no such file or folder; check the path")
+    return found

@@ -1,0 +1,85 @@
+"""U-Net generator with skip connections, configurable in depth and width.
+
+Tile-safe by construction: the only normalisation is BatchNorm, which uses its running statistics
+in eval mode, so a pixel's output depends only on its receptive field, never on the tile around it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv_block(c_in: int, c_out: int, norm: str, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c in (c_in, c_out):
+        layers.append(nn.Conv2d(c, c_out, 3, padding=1, bias=norm == "none"))
+        if norm == "batch":
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with ``depth`` 2x down-samplings and skip connections at every level.
+
+    Any input height and width is accepted: the input is reflection-padded to a multiple of
+    ``2**depth`` and the output cropped back.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        depth: int = 4,
+        base_channels: int = 32,
+        max_channels: int = 512,
+        norm: str = "batch",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if norm not in ("batch", "none"):
+            raise ValueError(f"norm must be 'batch' or 'none', not {norm!r}")
+        self.depth = depth
+        widths = [min(base_channels * 2**level, max_channels) for level in range(depth + 1)]
+        self.encoders = nn.ModuleList(
+            _conv_block(in_channels if level == 0 else widths[level - 1], widths[level], norm, 0.0) for level in range(depth)
+        )
+        self.bottleneck = _conv_block(widths[depth - 1], widths[depth], norm, dropout)
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2) for level in range(depth))
+        self.decoders = nn.ModuleList(_conv_block(2 * widths[level], widths[level], norm, 0.0) for level in range(depth))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    @property
+    def multiple(self) -> int:
+        """Tile origins and sizes that are multiples of this keep results shift-consistent."""
+        return 2**self.depth
+
+    @property
+    def receptive_field(self) -> int:
+        """Edge length in pixels of the input region that can influence one output pixel."""
+        rf = 1 + 4 * 2**self.depth  # two 3x3 convs in the bottleneck
+        for level in range(self.depth):
+            rf += 2 * 4 * 2**level + 2**level  # two 3x3 convs down and up, plus pooling
+        return rf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for level in reversed(range(self.depth)):
+            x = self.ups[level](x)
+            x = self.decoders[level](torch.cat([x, skips[level]], dim=1))
+        return self.head(x)[..., :h, :w]

@@ -1,0 +1,44 @@
+"""Percentile normalisation and its inverse (CSBDeep style); stored in every model package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Affine map ``(x - lo) / (hi - lo)`` that sends the chosen percentiles to 0 and 1."""
+
+    lo: float
+    hi: float
+
+    @property
+    def scale(self) -> float:
+        """Width of the mapped intensity range (never zero)."""
+        return max(self.hi - self.lo, EPS)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Map raw intensities to normalised float32 units."""
+        return ((np.asarray(x, dtype=np.float32) - self.lo) / self.scale).astype(np.float32)
+
+    def invert(self, y: np.ndarray) -> np.ndarray:
+        """Map normalised units back to raw intensities (float32)."""
+        return (np.asarray(y, dtype=np.float32) * self.scale + self.lo).astype(np.float32)
+
+
+def percentile_normalization(x: np.ndarray, low: float = 1.0, high: float = 99.8) -> Normalization:
+    """The :class:`Normalization` that maps the ``low``/``high`` percentiles of ``x`` to 0/1."""
+    lo, hi = np.percentile(np.asarray(x, dtype=np.float32), [low, high])
+    if hi <= lo:  # constant (or nearly) image: fall back to its full range
+        lo, hi = float(np.min(x)), float(np.max(x))
+    return Normalization(float(lo), float(hi))
+
+
+def normalize(x: np.ndarray, low: float = 1.0, high: float = 99.8, clip: bool = False) -> np.ndarray:
+    """Percentile-normalise ``x`` to float32 (optionally clipped to [0, 1])."""
+    y = percentile_normalization(x, low, high).apply(x)
+    return np.clip(y, 0.0, 1.0) if clip else y

@@ -1,0 +1,155 @@
+"""The pairs folder: registered LQ/HQ images on one grid plus the ``pairs.json`` manifest.
+
+Layout of a pairs folder::
+
+    PAIRS_DIR/pairs.json     manifest (see :class:`PairRecord`)
+    PAIRS_DIR/lq/NAME.ome.tif   LQ image (cropped to the common overlap when registered)
+    PAIRS_DIR/hq/NAME.ome.tif   HQ image resampled onto the same grid, same shape as its LQ
+
+Every record names the field of view it belongs to (``field``): splits into train, validation and
+test are made by field so that no field contributes to two sets.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import json
+
+from confocalize.errors import ConfocalizeError
+from confocalize.io import image_stem, list_images, write_json
+
+MANIFEST = "pairs.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class PairRecord:
+    """One LQ/HQ pair in a manifest.
+
+    ``lq_from_hq`` is a 3x3 matrix mapping HQ pixel coordinates (x = column, y = row, 1; pixel
+    centres at integers) of the ORIGINAL HQ file to LQ pixel coordinates of the ORIGINAL LQ file.
+    ``crop`` is ``[y0, x0, y1, x1]`` of the stored LQ image within the original LQ file.
+    """
+
+    name: str
+    field: str
+    lq: str  # path relative to the manifest's folder (or absolute)
+    hq: str
+    status: str = "ok"  # "ok" or "rejected"
+    reason: str | None = None
+    source_lq: str | None = None
+    source_hq: str | None = None
+    lq_from_hq: list[list[float]] | None = None
+    crop: list[int] | None = None
+    pixel_size: float | None = None  # µm, of the stored (LQ-grid) images
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    def paths(self, root: Path) -> tuple[Path, Path]:
+        """Absolute LQ and HQ paths, resolving relative entries against ``root``."""
+        return root / self.lq, root / self.hq
+
+
+def write_manifest(pairs_dir: str | os.PathLike, records: Sequence[PairRecord], extra: dict[str, Any] | None = None) -> Path:
+    """Write ``pairs.json`` into ``pairs_dir`` atomically."""
+    doc = {"version": MANIFEST_VERSION, **(extra or {}), "pairs": [asdict(r) for r in records]}
+    return write_json(Path(pairs_dir) / MANIFEST, doc)
+
+
+def read_manifest(pairs_dir: str | os.PathLike) -> list[PairRecord]:
+    """All records of a pairs folder's manifest (rejected ones included)."""
+    path = Path(pairs_dir) / MANIFEST
+    if not path.is_file():
+        raise ConfocalizeError(f"{pairs_dir}: no {MANIFEST} here; make one with 'confocalize register LQ_DIR HQ_DIR -o {pairs_dir}'")
+    try:
+        doc = json.loads(path.read_text())
+        return [PairRecord(**item) for item in doc["pairs"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfocalizeError(f"{path}: not a valid pairs manifest ({exc}); regenerate it with 'confocalize register'") from None
+
+
+def field_of(name: str, field_pattern: str | None) -> str:
+    """Field-of-view id of an image name: the first group of ``field_pattern``, else the name."""
+    if not field_pattern:
+        return name
+    match = re.search(field_pattern, name)
+    if match is None:
+        raise ConfocalizeError(f"{name}: does not match the field pattern '{field_pattern}'; fix --field-pattern")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def match_by_name(lq_dir: str | os.PathLike, hq_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Pair the images of two folders whose names (without suffixes) are equal."""
+    lq = {image_stem(p): p for p in list_images([lq_dir])}
+    hq = {image_stem(p): p for p in list_images([hq_dir])}
+    common = sorted(lq.keys() & hq.keys())
+    if not common:
+        raise ConfocalizeError(f"{lq_dir} and {hq_dir}: no file names in common; name pairs alike or give a CSV of pairs (--pairs-csv)")
+    return [(lq[k], hq[k]) for k in common]
+
+
+def read_pairs_csv(csv_path: str | os.PathLike) -> list[tuple[Path, Path, str | None]]:
+    """Read a CSV with columns ``lq,hq`` and optionally ``field``; relative paths are from its folder."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ConfocalizeError(f"{csv_path}: no such CSV file; check the path")
+    root = csv_path.parent
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"lq", "hq"} <= set(reader.fieldnames):
+            raise ConfocalizeError(f"{csv_path}: needs a header with columns 'lq,hq' (and optionally 'field')")
+        rows = [(root / row["lq"], root / row["hq"], row.get("field") or None) for row in reader]
+    if not rows:
+        raise ConfocalizeError(f"{csv_path}: lists no pairs; add rows 'lq,hq'")
+    return rows
+
+
+@dataclass(frozen=True)
+class PairPaths:
+    """Where one usable pair lives, its name and its field of view."""
+
+    name: str
+    field: str
+    lq: Path
+    hq: Path
+
+
+def collect_pairs(
+    pairs_dir: str | os.PathLike | None = None,
+    lq_dir: str | os.PathLike | None = None,
+    hq_dir: str | os.PathLike | None = None,
+    pairs_csv: str | os.PathLike | None = None,
+    field_pattern: str | None = None,
+) -> list[PairPaths]:
+    """The usable pairs from exactly one source: a pairs folder, two folders of
+    already-registered images matched by name, or a CSV of already-registered pairs.
+
+    Rejected manifest entries are left out. ``field_pattern`` (a regular expression whose first
+    group is the field id, e.g. ``^(\\d+)_`` for W2S names ``001_0``) groups images of one field.
+    """
+    given = [s for s in (pairs_dir, lq_dir or hq_dir, pairs_csv) if s is not None]
+    if len(given) != 1 or (lq_dir is None) != (hq_dir is None):
+        raise ConfocalizeError("give exactly one source of pairs: a PAIRS_DIR, or --lq DIR with --hq DIR, or --pairs-csv FILE")
+    if pairs_dir is not None:
+        root = Path(pairs_dir)
+        out = []
+        for rec in read_manifest(root):
+            if rec.status == "ok":
+                lq, hq = rec.paths(root)
+                out.append(PairPaths(rec.name, field_of(rec.field, field_pattern) if field_pattern else rec.field, lq, hq))
+        if not out:
+            raise ConfocalizeError(f"{root / MANIFEST}: no pair has status 'ok'; check the registration summary")
+        return out
+    if pairs_csv is not None:
+        rows = read_pairs_csv(pairs_csv)
+        return [
+            PairPaths(image_stem(lq), fld or field_of(image_stem(lq), field_pattern), lq, hq) for lq, hq, fld in rows
+        ]
+    assert lq_dir is not None and hq_dir is not None
+    return [PairPaths(image_stem(lq), field_of(image_stem(lq), field_pattern), lq, hq) for lq, hq in match_by_name(lq_dir, hq_dir)]
