@@ -1,0 +1,397 @@
+"""Training: the pix2pix conditional GAN as a LightningModule and ``fit(config)``.
+
+Run folder (``config.output_dir``)::
+
+    config.yaml                 the config of the run
+    split.json                  train/val/test fields, names and paths (see data.write_split)
+    checkpoints/last.ckpt       saved at every validation (resume from here)
+    checkpoints/best.ckpt       best val/ssim so far
+    logs/csv/version_N/         CSVLogger metrics.csv (N counts starts and resumes)
+    logs/tensorboard/version_N/ TensorBoard events (when tensorboard is installed)
+    model/                      model package of the generator from best.ckpt
+
+``trainer.max_steps`` counts GENERATOR updates. Lightning's ``global_step`` counts every
+optimizer step, two per batch with a discriminator, so the Trainer gets ``max_steps * n_optimizers``
+and :attr:`Pix2Pix.generator_steps` converts back. Validation runs every ``val_every_steps``
+generator steps and once more when training stops (max_steps or max_time reached).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from confocalize import __version__
+from confocalize.config import TrainConfig, dump_config
+from confocalize.data import CentralCrops, PairedPatches, PairImages, load_pairs, split_by_field, split_summary, write_split
+from confocalize.errors import ConfocalizeError
+from confocalize.metrics import compare
+from confocalize.nets import PatchGAN, UNet
+from confocalize.package import ModelPackage, build_generator, save_package
+from confocalize.pairs import PairPaths, collect_pairs
+
+CHECKPOINT_FORMAT = 1
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished :func:`fit` produced."""
+
+    output_dir: Path
+    model_dir: Path
+    best_val: dict[str, float]
+    split: dict[str, dict[str, list[str]]]
+    steps: int  # generator updates done in total (resumed runs included)
+    seconds: float  # wall time of this call
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two ``(N, C, H, W)`` batches with a Gaussian window (Wang et al. 2004 constants)."""
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=x.shape[1])
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean()
+
+
+def uses_discriminator(config: TrainConfig) -> bool:
+    """True for the GAN, False for the L1-only U-Net (``adv_weight == 0``)."""
+    return config.loss.adv_weight > 0
+
+
+def architecture(config: TrainConfig) -> dict[str, Any]:
+    """Network settings that must agree between a checkpoint and the module that resumes it."""
+    d = config.discriminator.model_dump(mode="json") if uses_discriminator(config) else None
+    return {"generator": config.generator.model_dump(mode="json"), "discriminator": d}
+
+
+class Pix2Pix(L.LightningModule):
+    """U-Net generator + (optional) PatchGAN discriminator trained with manual optimisation.
+
+    Generator loss: ``l1_weight * L1 + ssim_weight * (1 - SSIM) + adv_weight * adversarial``;
+    discriminator loss ``0.5 * (real + fake)``. With ``adv_weight == 0`` there is no
+    discriminator: an L1 (+SSIM) U-Net, the CARE baseline with the same generator.
+    """
+
+    def __init__(self, config: TrainConfig | dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+        self.save_hyperparameters({"config": self.cfg.model_dump(mode="json")})
+        self.automatic_optimization = False
+        self.generator: UNet = build_generator(self.cfg.generator)
+        d_cfg = self.cfg.discriminator
+        self.discriminator = PatchGAN(2, d_cfg.base_channels, d_cfg.n_layers) if uses_discriminator(self.cfg) else None
+
+    @property
+    def n_optimizers(self) -> int:
+        """Optimizer steps per batch: 2 with a discriminator, else 1."""
+        return 1 if self.discriminator is None else 2
+
+    @property
+    def generator_steps(self) -> int:
+        """Generator updates done so far."""
+        return self.trainer.global_step // self.n_optimizers
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        return self.generator(lq)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        o = self.cfg.optim
+        nets = [self.generator] if self.discriminator is None else [self.generator, self.discriminator]
+        return [torch.optim.Adam(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2)) for net in nets]
+
+    def _adversarial(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.full_like(logits, 1.0 if real else 0.0)
+        if self.cfg.loss.gan_mode == "lsgan":
+            return F.mse_loss(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        lq, hq = batch
+        opts = self.optimizers()
+        opt_g, opt_d = (opts, None) if self.discriminator is None else opts
+        fake = self.generator(lq)
+        logs: dict[str, torch.Tensor] = {}
+        if self.discriminator is not None:
+            with self.toggled_optimizer(opt_d):
+                d_loss = 0.5 * (
+                    self._adversarial(self.discriminator(lq, hq), True)
+                    + self._adversarial(self.discriminator(lq, fake.detach()), False)
+                )
+                opt_d.zero_grad()
+                self.manual_backward(d_loss)
+                opt_d.step()
+            logs["train/d_loss"] = d_loss.detach()
+        with self.toggled_optimizer(opt_g):
+            g_loss = self._generator_loss(lq, hq, fake, logs)
+            opt_g.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=lq.shape[0])
+
+    def _generator_loss(
+        self, lq: torch.Tensor, hq: torch.Tensor, fake: torch.Tensor, logs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The weighted generator loss; its parts are added to ``logs``."""
+        w = self.cfg.loss
+        l1 = F.l1_loss(fake, hq)
+        loss = w.l1_weight * l1
+        logs["train/g_l1"] = l1.detach()
+        if w.ssim_weight > 0:
+            ssim = ssim_torch(fake.float(), hq.float())
+            loss = loss + w.ssim_weight * (1 - ssim)
+            logs["train/g_ssim"] = ssim.detach()
+        if self.discriminator is not None:
+            adv = self._adversarial(self.discriminator(lq, fake), True)
+            loss = loss + w.adv_weight * adv
+            logs["train/g_adv"] = adv.detach()
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.generator_steps >= self.cfg.trainer.max_steps:
+            self.trainer.should_stop = True  # makes Lightning validate (and checkpoint) after this last step
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        lq, hq = batch
+        pred = self.generator(lq).float().cpu().numpy()
+        target = hq.float().cpu().numpy()
+        for p, t in zip(pred, target, strict=True):
+            scores = compare(p[0], t[0])["plain"]
+            self.log_dict({f"val/{k}": v for k, v in scores.items()}, on_epoch=True, batch_size=1, sync_dist=True, prog_bar=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["confocalize"] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            **architecture(self.cfg),
+            "val": {k[4:]: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
+        }
+
+
+class PairsData(L.LightningDataModule):
+    """Training patches and validation crops; the patch dataset is rebuilt every epoch (new seed)."""
+
+    def __init__(self, train: list[PairImages], val: list[PairImages], config: TrainConfig) -> None:
+        super().__init__()
+        self.train_images, self.val_images, self.cfg = train, val, config
+
+    def train_dataloader(self) -> DataLoader:
+        d = self.cfg.data
+        patches = PairedPatches(
+            self.train_images, d.patch_size, d.patches_per_epoch, d.augment,
+            seed=self.cfg.trainer.seed, epoch=self.trainer.current_epoch, rank=self.trainer.global_rank,
+        )  # fmt: skip
+        return DataLoader(patches, batch_size=d.batch_size, num_workers=d.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        crops = CentralCrops(self.val_images, multiple=2**self.cfg.generator.depth)
+        return DataLoader(crops, batch_size=1, num_workers=self.cfg.data.num_workers)
+
+
+def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None = None) -> TrainResult:
+    """Train a model as ``config`` says; write the run folder (see the module docstring).
+
+    ``resume`` is a checkpoint (or a run folder, meaning its ``checkpoints/last.ckpt``) to continue
+    from, up to the same ``max_steps``. ``progress`` overrides ``trainer.progress_bar``.
+    """
+    start = time.monotonic()
+    out = Path(config.output_dir)
+    d = config.data
+    if d.val_fraction == 0:
+        raise ConfocalizeError("data.val_fraction is 0: training needs validation fields to pick the best model; set it > 0")
+    ckpt_path = None if resume is None else _resumable(resume, config)
+    if ckpt_path is None:
+        _refuse_existing_run(out)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    pairs = collect_pairs(**_pairs_source(config), field_pattern=d.field_pattern)
+    split = split_by_field(pairs, d.val_fraction, d.test_fraction, config.trainer.seed)
+    train_images, val_images = load_pairs(split["train"], d), load_pairs(split["val"], d)
+    module = Pix2Pix(config)
+    with _quiet_lightning():
+        trainer = _trainer(config, module.n_optimizers, progress)
+        if trainer.is_global_zero:
+            dump_config(config, out / "config.yaml")
+            write_split(out / "split.json", split)
+        trainer.fit(module, datamodule=PairsData(train_images, val_images, config), ckpt_path=ckpt_path, weights_only=True)
+    model_dir = out / "model"
+    best_val: dict[str, float] = {}
+    if trainer.is_global_zero:
+        provenance = _provenance(config, pairs, split)
+        best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images))
+    return TrainResult(out, model_dir, best_val, split_summary(split), module.generator_steps, time.monotonic() - start)
+
+
+def _refuse_existing_run(out: Path) -> None:
+    """Refuse to start a new run over an existing one (which would mix two runs' checkpoints)."""
+    if (out / "checkpoints" / LAST).exists():
+        raise ConfocalizeError(f"{out}: already holds a training run; resume it (--resume {out}) or choose another output_dir")
+
+
+def _resumable(resume: Path, config: TrainConfig) -> Path:
+    """The checkpoint to resume from, checked against ``config`` (one-line errors otherwise)."""
+    path = Path(resume)
+    path = path / "checkpoints" / LAST if path.is_dir() else path
+    meta = _read_checkpoint(path).get("confocalize")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = meta.get("version", "?") if isinstance(meta, dict) else "not confocalize"
+        raise ConfocalizeError(
+            f"{path}: checkpoint of another version ({found}), this is confocalize {__version__}; start a new run"
+        )
+    expected = architecture(config)
+    if {k: meta.get(k) for k in expected} != expected:
+        raise ConfocalizeError(
+            f"{path}: trained with other generator/discriminator settings than this config; resume with the run's config.yaml"
+        )
+    return path
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint's dictionary (tensors only, never arbitrary objects) on the CPU."""
+    if not path.is_file():
+        raise ConfocalizeError(f"{path}: no such checkpoint; give checkpoints/{LAST} of an earlier run (or the run folder)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfocalizeError(f"{path}: not a readable checkpoint ({reason[:120]}); delete it and start a new run") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfocalizeError(f"{path}: not a Lightning checkpoint; give checkpoints/{LAST} of an earlier run")
+    return ckpt
+
+
+def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L.Trainer:
+    """A Trainer whose step, validation, time limits and checkpoints follow ``config.trainer``."""
+    t = config.trainer
+    checkpoints = ModelCheckpoint(
+        dirpath=Path(config.output_dir) / "checkpoints", filename=Path(BEST).stem, monitor="val/ssim", mode="max",
+        save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )  # fmt: skip
+    show_progress = t.progress_bar if progress is None else progress
+    strategy = t.strategy
+    if strategy in DDP_STRATEGIES and n_optimizers > 1:
+        strategy += "_find_unused_parameters_true"  # each optimizer's step leaves the other net without gradients
+    return L.Trainer(
+        max_steps=t.max_steps * n_optimizers,
+        max_time=timedelta(minutes=t.max_time_minutes) if t.max_time_minutes else None,
+        val_check_interval=t.val_every_steps,
+        check_val_every_n_epoch=None,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_steps,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=t.precision,  # type: ignore[arg-type]
+        logger=_loggers(Path(config.output_dir) / "logs"),
+        callbacks=[checkpoints, _ProgressBar()] if show_progress else [checkpoints],
+        default_root_dir=config.output_dir,
+    )
+
+
+class _ProgressBar(RichProgressBar):
+    """Lightning's rich bar without the version number and the "/-2" of runs limited by steps."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"Epoch {current_epoch}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+
+
+def _loggers(log_dir: Path) -> list[Logger]:
+    """CSV logs always; TensorBoard logs when tensorboard is installed."""
+    loggers: list[Logger] = [CSVLogger(log_dir, name="csv")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(log_dir, name="tensorboard", default_hp_metric=False))
+    return loggers
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's informational lines and hints; warnings and the progress bar stay."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _pixel_size(images: list[PairImages]) -> float | None:
+    """The LQ pixel size shared by all training images, else ``None``."""
+    sizes = {im.pixel_size for im in images}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _pairs_source(config: TrainConfig) -> dict[str, Path | None]:
+    """The pair-source settings, as :func:`collect_pairs` takes them."""
+    d = config.data
+    return {"pairs_dir": d.pairs_dir, "lq_dir": d.lq_dir, "hq_dir": d.hq_dir, "pairs_csv": d.pairs_csv}
+
+
+def _provenance(config: TrainConfig, pairs: list[PairPaths], split: dict[str, list[PairPaths]]) -> dict[str, Any]:
+    """Where the model's training data came from, and how it was trained."""
+    source = {k: str(v) for k, v in _pairs_source(config).items() if v is not None}
+    return {
+        "pairs": {**source, "n_pairs": len(pairs), "n_fields": len({p.field for p in pairs})},
+        "split": split_summary(split),
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def _export(
+    config: TrainConfig, best: Path, model_dir: Path, provenance: dict[str, Any], pixel_size: float | None
+) -> dict[str, float]:
+    """Save the generator of ``best`` as a model package; return its validation metrics."""
+    ckpt = _read_checkpoint(best)
+    prefix = "generator."
+    generator = build_generator(config.generator)
+    generator.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    val = ckpt.get("confocalize", {}).get("val", {})
+    package = ModelPackage(
+        generator=generator.eval(),
+        generator_config=config.generator,
+        normalization=config.data.normalization,
+        lq_pixel_size=pixel_size,
+        provenance=provenance,
+        metrics={"val": val},
+    )
+    save_package(package, model_dir)
+    return val
