@@ -1,0 +1,260 @@
+"""Per-image metrics, medians, a CSV/JSON record and a figure for LQ and generated images against HQ.
+
+Every number comes from :func:`confocalize.metrics.compare` (each image percentile-normalised on
+its own, ``data_range=1``), plain and after the affine intensity match. A multi-plane image is
+compared plane by plane (each plane a 2D image) and scored by the mean over its planes; medians are
+taken over images. Written into the output folder, each file atomically:
+
+* ``metrics.json``: ``median``, ``median_affine`` (``{"lq_vs_hq": {...}, "generated_vs_hq": {...}}``),
+  ``relative_change`` (generated vs LQ, plain medians), ``per_image``, ``normalisation``,
+  ``data_range``, ``n_images``. Extra methods (baselines) add ``NAME_vs_hq`` entries beside them.
+* ``metrics.csv``: one row per image, every method, plain and affine.
+* ``figure.png``: one row per field of view (first image of each): methods | HQ | error.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from confocalize import metrics
+from confocalize.errors import ConfocalizeError
+from confocalize.io import atomic_write, read_image, write_image, write_json
+from confocalize.package import ModelPackage
+from confocalize.pairs import PairPaths
+from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, Progress, as_czyx, enhance_image
+
+LQ = "lq"
+GENERATED = "generated"
+VARIANTS = ("plain", "affine")  # the two results of metrics.compare
+TABLE_LABELS = {"mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "nrmse": "NRMSE"}
+_FORMATS = {"mse": "{:.3g}", "ssim": "{:.3f}", "psnr": "{:.2f} dB", "nrmse": "{:.3f}"}
+
+Scores = dict[str, dict[str, float]]  # variant ("plain"/"affine") -> metric -> value
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """One figure row: a plane of each method and of HQ, with the image's plain scores."""
+
+    name: str
+    field: str
+    planes: dict[str, np.ndarray]
+    hq: np.ndarray
+    scores: dict[str, Scores]
+    pixel_size: float | None
+
+
+def evaluate_pairs(
+    pairs: Sequence[PairPaths],
+    predictions: Mapping[str, np.ndarray] | None,
+    out_dir: str | os.PathLike,
+    lq_pixel_size: float | None = None,
+    figure_fields: int = 4,
+    baselines: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Score LQ, generated (``predictions`` by pair name) and optional ``baselines`` against HQ.
+
+    Arrays must have the pair's LQ/HQ shape. Without ``predictions`` only LQ (and the baselines)
+    are scored. ``lq_pixel_size`` (µm) sizes the figure's scale bar for files without metadata.
+    Writes ``metrics.json``, ``metrics.csv`` and ``figure.png`` into ``out_dir``; returns the JSON dict.
+    """
+    if not pairs:
+        raise ConfocalizeError("no pairs to evaluate; check the pairs source (and --split)")
+    sources = {**({GENERATED: predictions} if predictions is not None else {}), **(baselines or {})}
+    methods = [LQ, *sources]
+    per_image: list[dict[str, Any]] = []
+    panels: list[_Panel] = []
+    for pair in pairs:
+        lq = read_image(pair.lq, pixel_size=lq_pixel_size)
+        hq = read_image(pair.hq).data
+        images = {LQ: lq.data, **{method: _lookup(arrays, pair, method) for method, arrays in sources.items()}}
+        scores = {method: _score(image, hq, pair, method) for method, image in images.items()}
+        per_image.append(_image_record(pair, scores))
+        if len(panels) < figure_fields and pair.field not in {p.field for p in panels}:
+            planes = {m: _display_plane(a, lq.axes) for m, a in images.items()}
+            panels.append(_Panel(pair.name, pair.field, planes, _display_plane(hq, lq.axes), scores, lq.pixel_size))
+    result = _summary(per_image, methods)
+    out = Path(out_dir)
+    write_json(out / "metrics.json", result)
+    _write_csv(out / "metrics.csv", per_image, methods)
+    if panels:
+        _write_figure(out / "figure.png", panels)
+    return result
+
+
+def evaluate_model(
+    package: ModelPackage,
+    pairs: Sequence[PairPaths],
+    out_dir: str | os.PathLike,
+    tile: int = DEFAULT_TILE,
+    batch_size: int = DEFAULT_BATCH,
+    lq_pixel_size: float | None = None,
+    save_generated: bool = True,
+    figure_fields: int = 4,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Enhance each pair's LQ with ``package`` and :func:`evaluate_pairs` the results.
+
+    With ``save_generated`` the generated images go to ``out_dir/generated/NAME.ome.tif``.
+    ``progress(done, total)`` counts the pairs enhanced plus one final step for the evaluation.
+    """
+    predictions: dict[str, np.ndarray] = {}
+    total = len(pairs) + 1
+    for done, pair in enumerate(pairs, start=1):
+        generated = enhance_image(package, read_image(pair.lq, pixel_size=lq_pixel_size), tile, batch_size)
+        predictions[pair.name] = generated.data
+        if save_generated:
+            path = Path(out_dir) / "generated" / f"{pair.name}.ome.tif"
+            write_image(path, generated.data, generated.axes, generated.pixel_size, generated.z_step)
+        if progress is not None:
+            progress(done, total)
+    result = evaluate_pairs(pairs, predictions, out_dir, lq_pixel_size, figure_fields)
+    if progress is not None:
+        progress(total, total)
+    return result
+
+
+def table_rows(result: Mapping[str, Any], key: str = "median") -> tuple[list[str], list[list[str]]]:
+    """Header and rows (MSE, SSIM, PSNR, NRMSE) of ``result[key]``: one column per method, then the relative change."""
+    block = result[key]
+    header = ["metric", *(f"{_label(name.removesuffix('_vs_hq'))} vs HQ" for name in block)]
+    change = _relative_change(block) if f"{GENERATED}_vs_hq" in block else None
+    if change is not None:
+        header.append("relative change")
+    rows = []
+    for metric in metrics.METRIC_NAMES:
+        row = [TABLE_LABELS[metric], *(_FORMATS[metric].format(values[metric]) for values in block.values())]
+        if change is not None:
+            row.append("n/a" if change[metric] is None else f"{change[metric]:+.1%}")
+        rows.append(row)
+    return header, rows
+
+
+def _lookup(arrays: Mapping[str, np.ndarray], pair: PairPaths, method: str) -> np.ndarray:
+    if pair.name not in arrays:
+        raise ConfocalizeError(f"{pair.lq}: no {method} image for pair '{pair.name}'; enhance every pair before evaluating")
+    return np.asarray(arrays[pair.name])
+
+
+def _score(image: np.ndarray, hq: np.ndarray, pair: PairPaths, method: str) -> Scores:
+    """``compare`` per 2D plane, averaged over planes: ``{"plain": {...}, "affine": {...}}``."""
+    if image.shape != hq.shape:
+        raise ConfocalizeError(
+            f"{pair.hq}: shape {hq.shape} differs from the {method} image's {image.shape}; use registered pairs on one grid"
+        )
+    planes = [metrics.compare(p, t) for p, t in zip(_planes(image), _planes(hq))]
+    return {v: {m: float(np.mean([s[v][m] for s in planes])) for m in metrics.METRIC_NAMES} for v in VARIANTS}
+
+
+def _planes(data: np.ndarray) -> np.ndarray:
+    return data.reshape(-1, *data.shape[-2:])
+
+
+def _display_plane(data: np.ndarray, axes: str) -> np.ndarray:
+    """The middle plane of the first channel, in the metric's [0, 1] units."""
+    czyx = as_czyx(data, axes)
+    return metrics.to_unit_range(czyx[0, czyx.shape[1] // 2])
+
+
+def _label(method: str) -> str:
+    return "LQ" if method == LQ else method
+
+
+def _image_record(pair: PairPaths, scores: dict[str, Scores]) -> dict[str, Any]:
+    return {
+        "name": pair.name,
+        "field": pair.field,
+        **{f"{m}_vs_hq": s["plain"] for m, s in scores.items()},
+        "affine": {f"{m}_vs_hq": s["affine"] for m, s in scores.items()},
+    }
+
+
+def _summary(per_image: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """Medians over images (plain and affine), the relative change and the per-image records."""
+    keys = [f"{m}_vs_hq" for m in methods]
+    median = {k: _median([r[k] for r in per_image]) for k in keys}
+    median_affine = {k: _median([r["affine"][k] for r in per_image]) for k in keys}
+    return {
+        "median": median,
+        "median_affine": median_affine,
+        "relative_change": _relative_change(median) if GENERATED in methods else {},
+        "per_image": per_image,
+        "normalisation": metrics.NORMALISATION,
+        "data_range": metrics.DATA_RANGE,
+        "n_images": len(per_image),
+    }
+
+
+def _median(records: list[dict[str, float]]) -> dict[str, float]:
+    return {m: float(np.median([r[m] for r in records])) for m in metrics.METRIC_NAMES}
+
+
+def _relative_change(block: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
+    """``(generated - lq) / |lq|`` per metric; ``None`` where the LQ value is 0 or not finite."""
+    lq, gen = block[f"{LQ}_vs_hq"], block[f"{GENERATED}_vs_hq"]
+    return {m: (gen[m] - lq[m]) / abs(lq[m]) if lq[m] != 0 and np.isfinite(lq[m]) else None for m in metrics.METRIC_NAMES}
+
+
+def _write_csv(path: Path, per_image: list[dict[str, Any]], methods: list[str]) -> None:
+    """One row per image: name, field, then ``METHOD_vs_hq[_affine]_METRIC`` for every method."""
+    rows = [_csv_row(record, methods) for record in per_image]
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _csv_row(record: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    row = {"name": record["name"], "field": record["field"]}
+    for key in (f"{m}_vs_hq" for m in methods):
+        row |= {f"{key}_{metric}": value for metric, value in record[key].items()}
+        row |= {f"{key}_affine_{metric}": value for metric, value in record["affine"][key].items()}
+    return row
+
+
+def _write_figure(path: Path, panels: list[_Panel]) -> None:
+    """One row per panel: each method, HQ, and |generated (else LQ) - HQ|, scores in the titles."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = list(panels[0].planes)
+    shown = GENERATED if GENERATED in methods else LQ
+    n_cols = len(methods) + 2
+    fig = Figure(figsize=(3 * n_cols, 3.2 * len(panels)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), n_cols, squeeze=False)
+    for row, panel in zip(axes, panels):
+        for ax, method in zip(row, methods):
+            plain = panel.scores[method]["plain"]
+            ax.imshow(panel.planes[method], cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{_label(method)}\nSSIM {plain['ssim']:.3f}  PSNR {plain['psnr']:.1f} dB", fontsize=9)
+        row[-2].imshow(panel.hq, cmap="gray", vmin=0, vmax=1)
+        row[-2].set_title("HQ", fontsize=9)
+        error = row[-1].imshow(np.abs(panel.planes[shown] - panel.hq), cmap="magma", vmin=0, vmax=0.5)
+        row[-1].set_title(f"|{_label(shown)} - HQ|", fontsize=9)
+        fig.colorbar(error, ax=row[-1], shrink=0.8)
+        row[0].set_ylabel(panel.name if panel.field == panel.name else f"{panel.name} (field {panel.field})", fontsize=9)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if panel.pixel_size:
+            _scale_bar(row[-2], panel.hq.shape, panel.pixel_size)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _scale_bar(ax: Any, shape: tuple[int, ...], pixel_size: float) -> None:
+    """A white bar of a round length (1, 2 or 5 x 10^k µm) of at most a fifth of the image width."""
+    height, width = shape
+    target = width * pixel_size / 5
+    length = max(v for v in (s * 10.0 ** np.floor(np.log10(target)) for s in (1, 2, 5)) if v <= target)
+    x0, y = 0.05 * width, 0.92 * height
+    ax.plot([x0, x0 + length / pixel_size], [y, y], color="white", linewidth=3)
+    ax.text(x0, y - 0.03 * height, f"{length:g} µm", color="white", fontsize=8)
