@@ -115,3 +115,12 @@ def test_list_images_and_stems(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfocalizeError, match="no image files"):
         list_images([tmp_path / "empty"])
+
+
+def test_json_is_strict_with_infinite_values(tmp_path):
+    import json
+
+    from confocalize.io import write_json
+
+    path = write_json(tmp_path / "m.json", {"psnr": float("inf"), "x": [np.float32(1.5), float("nan")]})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict constant {c}")) == {"psnr": None, "x": [1.5, None]}
