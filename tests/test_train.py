@@ -75,7 +75,7 @@ def test_fit_writes_the_run_folder(gan_run: tuple[Path, Any]) -> None:
     assert package.metrics["val"]["ssim"] == pytest.approx(result.best_val["ssim"])
     assert result.best_val["ssim"] == pytest.approx(max(float(r["val/ssim"]) for r in rows if r["val/ssim"]))
     assert package.lq_pixel_size == pytest.approx(0.2)
-    assert package.provenance["split"]["val"]["fields"] == split["val"]["fields"]
+    assert package.provenance.training_data.split["val"]["fields"] == split["val"]["fields"]
     assert package.generator(torch.zeros(1, 1, 24, 24)).shape == (1, 1, 24, 24)
 
 

@@ -100,6 +100,30 @@ class TrainerConfig(Strict):
     log_every_steps: int = Field(10, ge=1)
 
 
+class SystemDescription(Strict):
+    """One microscope, as a model package records it; every field is optional, units are in the names."""
+
+    modality: str | None = Field(None, description="e.g. wide-field, confocal, spinning disk")
+    microscope: str | None = Field(None, description="make and model")
+    objective_na: float | None = Field(None, gt=0, le=2, description="numerical aperture of the objective")
+    magnification: float | None = Field(None, gt=0, description="total magnification onto the detector")
+    immersion: str | None = Field(None, description="air, water, glycerol, silicone, oil")
+    pixel_size_um: float | None = Field(None, gt=0, description="pixel edge in the sample, µm")
+    excitation_nm: float | None = Field(None, gt=0, description="excitation wavelength, nm")
+    emission_nm: float | None = Field(None, gt=0, description="emission (detection) wavelength, nm")
+    pinhole_au: float | None = Field(None, gt=0, description="confocal pinhole, Airy units")
+    detector: str | None = Field(None, description="camera or detector, e.g. sCMOS, GaAsP PMT")
+    institute: str | None = None
+    notes: str | None = None
+
+
+class ProvenanceConfig(Strict):
+    """The two microscopes a model links, recorded in its package (all optional)."""
+
+    lq_system: SystemDescription = SystemDescription()
+    hq_system: SystemDescription = SystemDescription()
+
+
 class TrainConfig(Strict):
     """Everything a training run needs; travels unchanged from the CLI into ``train.fit``."""
 
@@ -110,6 +134,7 @@ class TrainConfig(Strict):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
+    provenance: ProvenanceConfig = ProvenanceConfig()
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

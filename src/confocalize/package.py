@@ -1,10 +1,17 @@
-"""Model packages: a folder with safetensors weights and a JSON description; loading never unpickles.
+"""Model packages: a folder or a ``.zip`` that a partner can apply without running foreign code.
 
-Layout::
+Layout (the same three files in a folder or at the top level of a zip, nothing else)::
 
-    MODEL_DIR/model.json            format version, generator settings, normalisation, pixel size,
-                                    provenance, metrics, SHA-256 of the weights file
-    MODEL_DIR/weights.safetensors   generator state dict
+    model.json           format version, network settings, normalisation, LQ pixel size,
+                         provenance (LQ/HQ systems, training data, training config), metrics
+    weights.safetensors  generator state dict
+    manifest.json        SHA-256 of the two files above and the package hash over them
+
+Loading never unpickles: weights are safetensors, read from memory. A package is refused with a
+one-line :class:`ConfocalizeError` when its format is not this one, it holds unexpected files, a
+hash does not match, or the weights do not fit the described network. The hashes detect damage
+and edits; they are no signature: compare :attr:`ModelPackage.sha256` (``confocalize info``) with
+the one the sender gives you to know the package is theirs.
 """
 
 from __future__ import annotations
@@ -12,27 +19,68 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from confocalize import __version__
-from confocalize.config import GeneratorConfig, NormalizationConfig
+from confocalize.config import GeneratorConfig, NormalizationConfig, Strict, SystemDescription
 from confocalize.errors import ConfocalizeError
-from confocalize.io import atomic_write, write_json
+from confocalize.io import atomic_write
 from confocalize.nets import UNet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DESCRIPTION = "model.json"
 WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+MEMBERS = (DESCRIPTION, WEIGHTS, MANIFEST)
+MAX_PACKAGE_BYTES = 4 << 30  # a zip unpacking to more is refused (zip bomb)
+
+
+class TrainingData(Strict):
+    """What the model was trained on: sources, counts, split and LQ pixel sizes."""
+
+    source: dict[str, str] = {}
+    n_pairs: int = Field(0, ge=0)
+    n_fields: int = Field(0, ge=0)
+    split: dict[str, dict[str, list[str]]] = Field({}, description="fields and pair names per set")
+    lq_pixel_sizes_um: list[float] = []
+
+
+class Provenance(Strict):
+    """Where a model comes from: the two microscopes, the training data and the training config."""
+
+    lq_system: SystemDescription = SystemDescription()
+    hq_system: SystemDescription = SystemDescription()
+    training_data: TrainingData | None = None
+    config: dict[str, Any] | None = Field(None, description="the full TrainConfig of the run")
+
+
+class _Description(Strict):
+    """The schema of ``model.json``."""
+
+    format_version: int
+    confocalize_version: str
+    architecture: Literal["unet"]
+    generator: GeneratorConfig
+    in_channels: int = Field(ge=1)
+    out_channels: int = Field(ge=1)
+    normalization: NormalizationConfig
+    lq_pixel_size_um: float | None = Field(gt=0)
+    provenance: Provenance
+    metrics: dict[str, dict[str, float | None]]
 
 
 @dataclass
 class ModelPackage:
-    """A trained generator with everything needed to apply it to new images."""
+    """A trained generator with everything needed to apply it to new images and to trust it."""
 
     generator: UNet
     generator_config: GeneratorConfig
@@ -40,9 +88,11 @@ class ModelPackage:
     in_channels: int = 1
     out_channels: int = 1
     lq_pixel_size: float | None = None  # µm of the LQ images it was trained on
-    provenance: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # set -> metric -> value
+    path: Path | None = None  # where it was loaded from
+    sha256: str | None = None  # package hash, when loaded
+    confocalize_version: str | None = None  # version that wrote it, when loaded
 
 
 def build_generator(cfg: GeneratorConfig, in_channels: int = 1, out_channels: int = 1) -> UNet:
@@ -50,74 +100,212 @@ def build_generator(cfg: GeneratorConfig, in_channels: int = 1, out_channels: in
     return UNet(in_channels, out_channels, cfg.depth, cfg.base_channels, cfg.max_channels, cfg.norm, cfg.dropout)
 
 
-def save_package(package: ModelPackage, model_dir: str | os.PathLike) -> Path:
-    """Write ``package`` as a model folder (weights first, description last, each atomically)."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+def save_package(package: ModelPackage, target: str | os.PathLike) -> Path:
+    """Write ``package`` as a folder, or as a zip when ``target`` ends in ``.zip`` (atomically per file)."""
+    target = Path(target)
+    members = _members(package)
+    if target.suffix.lower() == ".zip":
+        with atomic_write(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in members.items():  # manifest last: a crash leaves no package that checks out
+        with atomic_write(target / name) as tmp:
+            tmp.write_bytes(data)
+    return target
+
+
+def manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
+    """SHA-256 of each file and the package hash over all of them (names sorted)."""
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    package_hash = hashlib.sha256("".join(f"{h}  {name}\n" for name, h in hashes.items()).encode()).hexdigest()
+    return {"format_version": FORMAT_VERSION, "files": hashes, "sha256": package_hash}
+
+
+def _members(package: ModelPackage) -> dict[str, bytes]:
+    """The package's files by name, manifest last."""
     state = {k: v.detach().cpu().contiguous() for k, v in package.generator.state_dict().items()}
-    with atomic_write(model_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    description = {
-        "format_version": FORMAT_VERSION,
-        "confocalize_version": __version__,
-        "architecture": "unet",
-        "generator": package.generator_config.model_dump(),
-        "in_channels": package.in_channels,
-        "out_channels": package.out_channels,
-        "normalization": package.normalization.model_dump(),
-        "lq_pixel_size": package.lq_pixel_size,
-        "provenance": package.provenance,
-        "metrics": package.metrics,
-        "weights_sha256": _sha256(model_dir / WEIGHTS),
+    description = _Description(
+        format_version=FORMAT_VERSION,
+        confocalize_version=__version__,
+        architecture="unet",
+        generator=package.generator_config,
+        in_channels=package.in_channels,
+        out_channels=package.out_channels,
+        normalization=package.normalization,
+        lq_pixel_size_um=package.lq_pixel_size,
+        provenance=package.provenance,
+        metrics=package.metrics,
+    )
+    files = {
+        DESCRIPTION: (description.model_dump_json(indent=2) + "\n").encode(),
+        WEIGHTS: save_safetensors(state, metadata={"format": "pt"}),
     }
-    write_json(model_dir / DESCRIPTION, description)
-    return model_dir
+    return {**files, MANIFEST: _json_bytes(manifest(files))}
 
 
-def load_package(model_dir: str | os.PathLike) -> ModelPackage:
-    """Load a model folder, refusing anything that does not check out (never unpickles)."""
-    model_dir = Path(model_dir)
-    desc_path = model_dir / DESCRIPTION
-    if not desc_path.is_file():
-        raise ConfocalizeError(f"{model_dir}: not a confocalize model (no {DESCRIPTION}); give the model folder written by 'confocalize train'")
+def load_package(source: str | os.PathLike) -> ModelPackage:
+    """Load a model folder or zip, refusing anything that does not check out (never unpickles)."""
+    source = Path(source)
+    members = _read_members(source)
+    package_hash = _check_manifest(source, members)
     try:
-        desc = json.loads(desc_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfocalizeError(f"{desc_path}: corrupt model description ({exc}); re-export the model") from None
-    version = desc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ConfocalizeError(
-            f"{model_dir}: model format {version} is not supported by confocalize {__version__} (format {FORMAT_VERSION}); "
-            "upgrade confocalize or re-export the model"
-        )
-    weights = model_dir / WEIGHTS
-    if not weights.is_file() or _sha256(weights) != desc.get("weights_sha256"):
-        raise ConfocalizeError(f"{weights}: missing or does not match the hash in {DESCRIPTION}; the model was altered, get a fresh copy")
-    try:
-        gen_cfg = GeneratorConfig.model_validate(desc["generator"])
-        norm = NormalizationConfig.model_validate(desc["normalization"])
-        generator = build_generator(gen_cfg, desc["in_channels"], desc["out_channels"])
-        generator.load_state_dict(load_file(str(weights)))
-    except (KeyError, ValueError, RuntimeError, SafetensorError) as exc:
-        reason = str(exc).splitlines()[0]
-        raise ConfocalizeError(f"{model_dir}: weights do not fit the described network ({reason}); re-export the model") from None
-    generator.eval()
+        desc = _Description.model_validate_json(members[DESCRIPTION])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfocalizeError(f"{source}: corrupt {DESCRIPTION} ({where}: {err['msg']}); get a fresh copy") from None
     return ModelPackage(
-        generator=generator,
-        generator_config=gen_cfg,
-        normalization=norm,
-        in_channels=desc["in_channels"],
-        out_channels=desc["out_channels"],
-        lq_pixel_size=desc.get("lq_pixel_size"),
-        provenance=desc.get("provenance", {}),
-        metrics=desc.get("metrics", {}),
-        path=model_dir,
+        generator=_generator(source, desc, members[WEIGHTS]),
+        generator_config=desc.generator,
+        normalization=desc.normalization,
+        in_channels=desc.in_channels,
+        out_channels=desc.out_channels,
+        lq_pixel_size=desc.lq_pixel_size_um,
+        provenance=desc.provenance,
+        metrics=desc.metrics,
+        path=source,
+        sha256=package_hash,
+        confocalize_version=desc.confocalize_version,
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _read_members(source: Path) -> dict[str, bytes]:
+    """The package's files, after checking the format version and that nothing else is in it."""
+    if not source.exists():
+        raise ConfocalizeError(f"{source}: no such model folder or .zip; check the path")
+    if not source.is_dir() and not zipfile.is_zipfile(source):
+        raise ConfocalizeError(f"{source}: not a confocalize model; give the model folder or .zip written by 'confocalize train'")
+    try:
+        if source.is_dir():
+            entries = {p.name: p for p in source.iterdir()}
+            return _checked_members(source, list(entries), lambda name: entries[name].read_bytes())
+        with zipfile.ZipFile(source) as zf:
+            infos = zf.infolist()
+            if sum(info.file_size for info in infos) > MAX_PACKAGE_BYTES:
+                raise ConfocalizeError(f"{source}: unpacks to more than {MAX_PACKAGE_BYTES >> 30} GiB; not a model package")
+            return _checked_members(source, [info.filename for info in infos], zf.read)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise ConfocalizeError(f"{source}: damaged, altered or unreadable package ({exc}); get a fresh copy") from None
+
+
+def _checked_members(source: Path, names: list[str], read: Callable[[str], bytes]) -> dict[str, bytes]:
+    """Read the allowed members once the names (and the description's format version) check out."""
+    if DESCRIPTION not in names:
+        raise ConfocalizeError(
+            f"{source}: not a confocalize model (no {DESCRIPTION} at its top level); give the model folder or .zip "
+            "written by 'confocalize train'"
+        )
+    _check_format(source, read(DESCRIPTION))
+    if len(set(names)) != len(names):
+        raise ConfocalizeError(f"{source}: the model package lists a file twice; get a clean copy from the sender")
+    unexpected = sorted(set(names) - set(MEMBERS))
+    if unexpected:
+        raise ConfocalizeError(
+            f"{source}: unexpected file(s) {', '.join(unexpected)} in the model package; a package holds only "
+            f"{', '.join(MEMBERS)}: get a clean copy from the sender"
+        )
+    missing = [name for name in MEMBERS if name not in names]
+    if missing:
+        raise ConfocalizeError(f"{source}: {', '.join(missing)} missing from the model package; get a complete copy")
+    return {name: read(name) for name in MEMBERS}
+
+
+def _check_format(source: Path, description: bytes) -> None:
+    """Refuse a description that is not JSON or not of this format version."""
+    try:
+        desc = json.loads(description)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfocalizeError(f"{source}: corrupt {DESCRIPTION} ({exc}); get a fresh copy of the model") from None
+    version = desc.get("format_version") if isinstance(desc, dict) else None
+    if version == FORMAT_VERSION:
+        return
+    written_by = desc.get("confocalize_version", "?") if isinstance(desc, dict) else "?"
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        fix = "upgrade confocalize"
+    else:
+        fix = f"retrain the model, or apply it with the confocalize that wrote it ({written_by})"
+    raise ConfocalizeError(
+        f"{source}: model format {version} is not supported by confocalize {__version__} (format {FORMAT_VERSION}); {fix}"
+    )
+
+
+def _check_manifest(source: Path, members: Mapping[str, bytes]) -> str:
+    """The package hash, after checking every file against the manifest."""
+    files = {name: data for name, data in members.items() if name != MANIFEST}
+    expected = manifest(files)
+    try:
+        recorded = json.loads(members[MANIFEST])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict) or recorded.get("sha256") != expected["sha256"]:
+        recorded_files = recorded.get("files", {}) if isinstance(recorded, dict) else {}
+        altered = [n for n, h in expected["files"].items() if recorded_files.get(n) != h] or [MANIFEST]
+        raise ConfocalizeError(
+            f"{source}: hash mismatch for {', '.join(altered)} (see {MANIFEST}); the model was altered or damaged, "
+            "get a fresh copy"
+        )
+    return expected["sha256"]
+
+
+def _generator(source: Path, desc: _Description, weights: bytes) -> UNet:
+    """The described network with the package's weights (eval mode), or a one-line error."""
+    try:
+        state = load_safetensors(weights)
+    except (SafetensorError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfocalizeError(
+            f"{source}: {WEIGHTS} is not a safetensors file ({reason}); refusing to load it, get a proper copy of the model"
+        ) from None
+    generator = build_generator(desc.generator, desc.in_channels, desc.out_channels)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfocalizeError(f"{source}: weights do not fit the described network ({reason}); get a proper copy") from None
+    return generator.eval()
+
+
+def package_summary(package: ModelPackage) -> dict[str, dict[str, Any]]:
+    """What ``confocalize info`` shows, by section: identity, network, systems, training data, metrics."""
+    gen = package.generator
+    return {
+        "package": {
+            "path": str(package.path) if package.path else None,
+            "sha256": package.sha256,
+            "format_version": FORMAT_VERSION,
+            "written_by": f"confocalize {package.confocalize_version}" if package.confocalize_version else None,
+        },
+        "network": {
+            "architecture": "U-Net (pix2pix generator)",
+            **package.generator_config.model_dump(),
+            "in_channels": package.in_channels,
+            "out_channels": package.out_channels,
+            "parameters": sum(p.numel() for p in gen.parameters()),
+            "receptive_field_px": gen.receptive_field,
+            "normalization": f"percentiles {package.normalization.low} - {package.normalization.high}",
+            "lq_pixel_size_um": package.lq_pixel_size,
+        },
+        "lq_system": package.provenance.lq_system.model_dump(exclude_none=True),
+        "hq_system": package.provenance.hq_system.model_dump(exclude_none=True),
+        "training_data": _training_summary(package.provenance.training_data),
+        "metrics": package.metrics,
+    }
+
+
+def _training_summary(data: TrainingData | None) -> dict[str, Any]:
+    """Sources, counts per set and LQ pixel sizes (not the field and pair names)."""
+    if data is None:
+        return {}
+    return {
+        **data.source,
+        "n_pairs": data.n_pairs,
+        "n_fields": data.n_fields,
+        **{f"{name}_fields": len(part.get("fields", [])) for name, part in data.split.items()},
+        "lq_pixel_sizes_um": ", ".join(f"{p:g}" for p in data.lq_pixel_sizes_um) or None,
+    }
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()

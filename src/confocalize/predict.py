@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from skimage.transform import resize
 
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, image_stem, list_images, read_image, write_image
@@ -36,8 +38,13 @@ DEFAULT_TILE = 1024  # pixels per tile edge, halo included
 DEFAULT_BATCH = 1  # tiles per forward pass; raise it on a GPU with memory to spare
 BLEND = 16  # minimum overlap of neighbouring tile cores, in pixels, cross-faded
 UINT16_MAX = 65535
+FIT_TOLERANCE = 0.10  # relative pixel-size difference to the model's LQ pixel size that passes without a warning
 OutputDtype = Literal["float32", "uint16"]
 Progress = Callable[[int, int], None]
+
+
+class PixelSizeWarning(UserWarning):
+    """An input's pixel size differs from the one the model was trained on by more than :data:`FIT_TOLERANCE`."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def _forward(generator: UNet, inputs: np.ndarray, device: torch.device) -> np.nd
 
 
 def enhance_image(
-    package: ModelPackage, image: Image, tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH
+    package: ModelPackage, image: Image, tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH, resample: bool = False
 ) -> Image:
     """Enhance one image of any axes; returns float32 in the model's output units (normalised HQ, ~0..1).
 
@@ -158,7 +165,8 @@ def enhance_image(
     so that dim out-of-focus planes stay dim), then every plane goes through :func:`predict_array`.
     With a single-input-channel model every channel is enhanced on its own; a model with
     ``in_channels == C`` takes all channels together. Axes, pixel size, z step and path are kept
-    (a C axis is added only if the model makes several output channels).
+    (a C axis is added only if the model makes several output channels). See :func:`check_fit` for
+    ``resample``: the image is then enhanced on the model's pixel grid and brought back to its own.
     """
     where = str(image.path) if image.path is not None else "image"
     if image.data.shape[-1] < 2 or image.data.shape[-2] < 2:
@@ -170,11 +178,46 @@ def enhance_image(
             f"{where}: has {n_channels} channel(s) but the model takes {package.in_channels}; "
             "give images with that many channels (or check --axes)"
         )
+    zoom = check_fit(package, image, resample)
+    if zoom is not None:
+        czyx = _resize_yx(czyx, [zoom * n for n in czyx.shape[-2:]])
     low, high = package.normalization.low, package.normalization.high
     normalised = np.stack([normalize(channel, low, high) for channel in czyx])
     groups = [normalised] if package.in_channels == n_channels else [c[None] for c in normalised]
     result = np.concatenate([_predict_stack(package.generator, g, tile, batch_size) for g in groups])
+    if zoom is not None:
+        result = _resize_yx(result, image.data.shape[-2:])
     return image.with_data(*_from_czyx(result, image.axes))
+
+
+def check_fit(package: ModelPackage, image: Image, resample: bool = False) -> float | None:
+    """The zoom that brings ``image`` to the model's LQ pixel size, or ``None`` to enhance it as it is.
+
+    Pixel sizes within :data:`FIT_TOLERANCE` pass. Beyond, the zoom is returned when ``resample`` is
+    set, else a :class:`PixelSizeWarning` is issued. ``resample`` needs both pixel sizes known.
+    """
+    where = str(image.path) if image.path is not None else "image"
+    model_px, px = package.lq_pixel_size, image.pixel_size
+    if resample and (model_px is None or px is None):
+        missing = "the model does not record its LQ pixel size" if model_px is None else "its pixel size is unknown"
+        raise ConfocalizeError(f"{where}: cannot resample, {missing}; give --pixel-size, or enhance without --resample")
+    if model_px is None or px is None or abs(px / model_px - 1) <= FIT_TOLERANCE:
+        return None
+    if not resample:
+        warnings.warn(
+            f"{where}: pixel size {px:g} µm differs from the model's {model_px:g} µm by {abs(px / model_px - 1):.0%}; "
+            "results may be poor: resample it to the model's pixel size and back (--resample)",
+            PixelSizeWarning,
+            stacklevel=3,
+        )
+        return None
+    return px / model_px
+
+
+def _resize_yx(czyx: np.ndarray, shape: Sequence[float]) -> np.ndarray:
+    """Every YX plane of a ``(C, Z, Y, X)`` array resized to ``shape`` (rounded), linearly, anti-aliased when shrinking."""
+    size = tuple(max(2, round(n)) for n in shape)
+    return resize(czyx, (*czyx.shape[:2], *size), order=1, mode="reflect", preserve_range=True).astype(np.float32)
 
 
 def _predict_stack(generator: UNet, czyx: np.ndarray, tile: int, batch_size: int) -> np.ndarray:
@@ -207,11 +250,13 @@ def enhance_files(
     progress: Progress | None = None,
     tile: int = DEFAULT_TILE,
     batch_size: int = DEFAULT_BATCH,
+    resample: bool = False,
 ) -> list[Path]:
     """Enhance image files and folders into ``out_dir/NAME.ome.tif`` (atomically); returns the written paths.
 
     Outputs keep the input's axes, pixel size and z step (``pixel_size``/``axes`` fill in or override
-    the file's). ``uint16`` maps the model's [0, 1] to [0, 65535], clipping values outside.
+    the file's); ``resample`` as in :func:`enhance_image`. ``uint16`` maps the model's [0, 1] to
+    [0, 65535], clipping values outside.
     Refuses, before writing anything, to overwrite an input or to map two inputs to one output.
     """
     if dtype not in ("float32", "uint16"):
@@ -219,7 +264,7 @@ def enhance_files(
     files = list_images(inputs)
     targets = _output_paths(files, Path(out_dir))
     for done, (src, dst) in enumerate(zip(files, targets), start=1):
-        result = enhance_image(package, read_image(src, axes=axes, pixel_size=pixel_size), tile, batch_size)
+        result = enhance_image(package, read_image(src, axes=axes, pixel_size=pixel_size), tile, batch_size, resample)
         write_image(dst, _to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
         if progress is not None:
             progress(done, len(files))

@@ -42,7 +42,7 @@ from confocalize.data import CentralCrops, PairedPatches, PairImages, load_pairs
 from confocalize.errors import ConfocalizeError
 from confocalize.metrics import compare
 from confocalize.nets import PatchGAN, UNet
-from confocalize.package import ModelPackage, build_generator, save_package
+from confocalize.package import ModelPackage, Provenance, TrainingData, build_generator, save_package
 from confocalize.pairs import PairPaths, collect_pairs
 
 CHECKPOINT_FORMAT = 1
@@ -242,7 +242,7 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     model_dir = out / "model"
     best_val: dict[str, float] = {}
     if trainer.is_global_zero:
-        provenance = _provenance(config, pairs, split)
+        provenance = _provenance(config, pairs, split, train_images + val_images)
         best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images))
     return TrainResult(out, model_dir, best_val, split_summary(split), module.generator_steps, time.monotonic() - start)
 
@@ -366,18 +366,23 @@ def _pairs_source(config: TrainConfig) -> dict[str, Path | None]:
     return {"pairs_dir": d.pairs_dir, "lq_dir": d.lq_dir, "hq_dir": d.hq_dir, "pairs_csv": d.pairs_csv}
 
 
-def _provenance(config: TrainConfig, pairs: list[PairPaths], split: dict[str, list[PairPaths]]) -> dict[str, Any]:
-    """Where the model's training data came from, and how it was trained."""
-    source = {k: str(v) for k, v in _pairs_source(config).items() if v is not None}
-    return {
-        "pairs": {**source, "n_pairs": len(pairs), "n_fields": len({p.field for p in pairs})},
-        "split": split_summary(split),
-        "config": config.model_dump(mode="json"),
-    }
+def _provenance(
+    config: TrainConfig, pairs: list[PairPaths], split: dict[str, list[PairPaths]], images: list[PairImages]
+) -> Provenance:
+    """The microscopes (as configured), where the training data came from, and how it was trained."""
+    data = TrainingData(
+        source={k: str(v) for k, v in _pairs_source(config).items() if v is not None},
+        n_pairs=len(pairs),
+        n_fields=len({p.field for p in pairs}),
+        split=split_summary(split),
+        lq_pixel_sizes_um=sorted({im.pixel_size for im in images if im.pixel_size is not None}),
+    )
+    p = config.provenance
+    return Provenance(lq_system=p.lq_system, hq_system=p.hq_system, training_data=data, config=config.model_dump(mode="json"))
 
 
 def _export(
-    config: TrainConfig, best: Path, model_dir: Path, provenance: dict[str, Any], pixel_size: float | None
+    config: TrainConfig, best: Path, model_dir: Path, provenance: Provenance, pixel_size: float | None
 ) -> dict[str, float]:
     """Save the generator of ``best`` as a model package; return its validation metrics."""
     ckpt = _read_checkpoint(best)

@@ -1,0 +1,359 @@
+"""Export a model package for other tools: a bioimage.io model (zip) and an ONNX file.
+
+Both exported networks take any height and width of at least ``2**depth`` pixels. They wrap the
+generator in :class:`_PadToMultiple`, which reflection-pads to the generator's multiple and crops
+back, as ``UNet.forward`` does, but with shape arithmetic that tracing and ``torch.export`` record for
+every size; ``UNet.forward``'s own ``if`` on the padding would be frozen at the example's size (inside
+the wrapper the input is always a multiple, so that branch is never taken).
+
+Needs the ``export`` extra: ``pip install "confocalize[export]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image as PILImage
+from torch import nn
+
+from confocalize import __version__
+from confocalize.errors import ConfocalizeError
+from confocalize.io import Image, atomic_write, write_image
+from confocalize.nets import UNet
+from confocalize.normalize import normalize
+from confocalize.package import ModelPackage, package_summary
+from confocalize.predict import FIT_TOLERANCE, as_czyx, default_halo, predict_array
+
+CITATIONS = (
+    (
+        "Isola, Zhu, Zhou, Efros. Image-to-image translation with conditional adversarial networks (pix2pix). CVPR 2017.",
+        "10.1109/CVPR.2017.632",
+    ),
+    (
+        "Wang et al. Deep learning enables cross-modality super-resolution in fluorescence microscopy. "
+        "Nature Methods 16, 103-110 (2019).",
+        "10.1038/s41592-018-0239-0",
+    ),
+)
+MIN_TEST_SIZE = 128  # edge of the bioimage.io test tensors, unless the network needs more for its halo
+
+
+class _PadToMultiple(nn.Module):
+    """``generator`` on any input of at least ``generator.multiple`` pixels per edge, in a traceable form."""
+
+    def __init__(self, generator: UNet) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.generator.multiple
+        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        return self.generator(x)[..., :h, :w]
+
+
+def export_onnx(package: ModelPackage, path: str | os.PathLike) -> Path:
+    """Write the generator as ONNX: input ``input`` (N, C, H, W) float32, already normalised; output ``output``.
+
+    Batch, height and width are dynamic (H, W >= ``2**depth``). The model's metadata records the
+    normalisation percentiles, the LQ pixel size, the package hash and the confocalize version.
+    """
+    from torch.export import Dim
+
+    _need_extra("onnxscript")
+    m = package.generator.multiple
+    module = _PadToMultiple(package.generator).eval()
+    example = torch.zeros(1, package.in_channels, 2 * m, 3 * m)
+    dims = {"x": {0: Dim("batch", min=1), 2: Dim("height", min=m), 3: Dim("width", min=m)}}
+    with _quiet_torch(), torch.no_grad():
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, input_names=["input"], output_names=["output"], dynamic_shapes=dims, verbose=False
+        )
+    program.model.metadata_props.update({k: str(v) for k, v in _metadata(package).items()})
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        program.save(tmp)
+    return path
+
+
+def export_bioimageio(
+    package: ModelPackage,
+    path: str | os.PathLike,
+    sample: Image | None = None,
+    authors: Sequence[str] = (),
+    license: str = "CC-BY-4.0",
+) -> Path:
+    """Write a bioimage.io model zip (spec 0.5): state-dict and TorchScript weights, test tensors, cover, README.
+
+    ``sample`` is a raw LQ image whose centre (middle plane of a stack) becomes the test input and
+    cover (default: synthetic blobs). Preprocessing is percentile normalisation (``scale_range``) with the
+    package's percentiles; the output is in the model's normalised HQ units (about 0..1).
+    """
+    _need_extra("bioimageio.core")
+    from bioimageio.spec import save_bioimageio_package
+
+    with tempfile.TemporaryDirectory(prefix="confocalize-bioimageio-") as tmp:
+        folder = Path(tmp)
+        descr = _model_descr(package, folder, _test_input(package, sample), authors, license)
+        save_bioimageio_package(descr, output_path=folder / "model.zip")
+        path = Path(path)
+        with atomic_write(path) as out:
+            shutil.copyfile(folder / "model.zip", out)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Hide torch's warnings and exporter log lines (deprecations, "torchvision is not installed") for the block."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _need_extra(module: str) -> None:
+    """Import ``module``, or raise a one-line error that says how to install the export extra."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfocalizeError(f"exporting needs {module}, which is not installed; pip install 'confocalize[export]'") from None
+
+
+def _metadata(package: ModelPackage) -> dict[str, Any]:
+    """Facts a consumer of an exported model needs to feed it correctly, and where it came from."""
+    return {
+        "confocalize_version": __version__,
+        "package_sha256": package.sha256,
+        "normalization_low_percentile": package.normalization.low,
+        "normalization_high_percentile": package.normalization.high,
+        "lq_pixel_size_um": package.lq_pixel_size,
+        "min_size_px": package.generator.multiple,
+    }
+
+
+def _min_size(generator: UNet) -> int:
+    """Smallest tile edge that leaves output after cropping the halo at both sides."""
+    return 2 * default_halo(generator) + generator.multiple
+
+
+def _test_input(package: ModelPackage, sample: Image | None) -> np.ndarray:
+    """A ``(1, C, S, S)`` float32 test input: the centre of ``sample``, or synthetic blobs."""
+    m = package.generator.multiple
+    size = -(-max(_min_size(package.generator), MIN_TEST_SIZE) // m) * m
+    if sample is None:
+        return np.stack([_blobs(size, seed) for seed in range(package.in_channels)])[None]
+    czyx = as_czyx(sample.data, sample.axes)
+    cyx = czyx[:, czyx.shape[1] // 2]
+    if cyx.shape[0] != package.in_channels or min(cyx.shape[1:]) < size:
+        raise ConfocalizeError(
+            f"{sample.path or 'sample image'}: {cyx.shape[0]} channel(s) of {cyx.shape[1]}x{cyx.shape[2]} pixels; the "
+            f"model needs {package.in_channels} channel(s) of at least {size}x{size}: give another sample image"
+        )
+    y0, x0 = (cyx.shape[1] - size) // 2, (cyx.shape[2] - size) // 2
+    return cyx[None, :, y0 : y0 + size, x0 : x0 + size].astype(np.float32)
+
+
+def _blobs(size: int, seed: int) -> np.ndarray:
+    """Blurred bright spots and a faint background with Poisson noise, like a small fluorescence image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    image = np.full((size, size), 20.0)
+    for y, x, r in zip(rng.uniform(0, size, 12), rng.uniform(0, size, 12), rng.uniform(2, 8, 12), strict=True):
+        image += 300 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * r**2))
+    return rng.poisson(image).astype(np.float32)
+
+
+def _expected_output(package: ModelPackage, test_input: np.ndarray) -> np.ndarray:
+    """What the model gives for the test input, normalised as bioimage.io's ``scale_range`` does."""
+    low, high = package.normalization.low, package.normalization.high
+    normalised = np.stack([normalize(channel, low, high) for channel in test_input[0]])
+    return predict_array(package.generator, normalised, tile=test_input.shape[-1])[None]
+
+
+def _model_descr(package: ModelPackage, folder: Path, test_input: np.ndarray, authors: Sequence[str], license: str) -> Any:
+    """The bioimage.io ``ModelDescr``, with its files written into ``folder``."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    _write_files(package, folder, test_input)
+    return bio.ModelDescr(
+        name=_name(package),
+        description=_description(package),
+        authors=[bio.Author(name=name) for name in authors],
+        cite=[bio.CiteEntry(text=text, doi=bio.Doi(doi)) for text, doi in CITATIONS],
+        license=bio.LicenseId(license),
+        documentation=bio.FileDescr(source=folder / "README.md"),
+        covers=[bio.FileDescr(source=folder / "cover.png")],
+        tags=["confocalize", "pix2pix", "image-restoration", "fluorescence-light-microscopy", "2d", "pytorch"],
+        inputs=[_input_descr(package, folder)],
+        outputs=[_output_descr(package, folder)],
+        weights=_weights_descr(package, folder),
+        config=bio.Config(confocalize=_config(package)),
+    )
+
+
+def _write_files(package: ModelPackage, folder: Path, test_input: np.ndarray) -> None:
+    """Test and sample tensors, cover, README, architecture source and both kinds of weights."""
+    gen = package.generator
+    test_output = _expected_output(package, test_input)
+    for name, tensor in (("input", test_input), ("output", test_output)):
+        np.save(folder / f"test_{name}.npy", tensor)
+        write_image(folder / f"sample_{name}.tif", tensor[0], "CYX")  # the same, for people and imageio
+    low, high = package.normalization.low, package.normalization.high
+    _write_cover(folder / "cover.png", normalize(test_input[0, 0], low, high, clip=True), test_output[0, 0])
+    (folder / "README.md").write_text(_readme(package), encoding="utf-8")
+    shutil.copyfile(inspect.getfile(UNet), folder / "unet.py")
+    torch.save({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, folder / "weights.pt")
+    _trace(gen, test_input).save(str(folder / "weights_torchscript.pt"))
+
+
+def _space_axis(package: ModelPackage) -> dict[str, Any]:
+    """Scale and unit of the y and x axes: the LQ pixel size in whole nanometres, when known.
+
+    Whole nanometres because the spec requires ``halo * scale / scale`` to be an integer, which float
+    micrometres (0.1) can miss by rounding.
+    """
+    if package.lq_pixel_size is None:
+        return {"scale": 1.0}
+    return {"scale": float(max(1, round(package.lq_pixel_size * 1000))), "unit": "nanometer"}
+
+
+def _input_descr(package: ModelPackage, folder: Path) -> Any:
+    """Raw LQ input, any size from the halo-limited minimum in steps of ``2**depth``; percentile preprocessing."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    gen, norm = package.generator, package.normalization
+    size = bio.ParameterizedSize(min=_min_size(gen), step=gen.multiple)
+    return bio.InputTensorDescr(
+        id=bio.TensorId("raw"),
+        description="LQ (wide-field) image, raw intensities",
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=_channel_names(package.in_channels))]
+        + [bio.SpaceInputAxis(id=bio.AxisId(a), size=size, **_space_axis(package)) for a in "yx"],
+        test_tensor=bio.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=bio.FileDescr(source=folder / "sample_input.tif"),
+        data=bio.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[
+            bio.ScaleRangeDescr(
+                kwargs=bio.ScaleRangeKwargs(axes=[bio.AxisId("y"), bio.AxisId("x")], min_percentile=norm.low, max_percentile=norm.high)
+            )
+        ],
+    )
+
+
+def _output_descr(package: ModelPackage, folder: Path) -> Any:
+    """Enhanced output of the input's size, with the halo that tiled prediction must drop."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    halo = default_halo(package.generator)
+    return bio.OutputTensorDescr(
+        id=bio.TensorId("enhanced"),
+        description="enhanced (HQ-like) image, normalised intensities (about 0..1)",
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=_channel_names(package.out_channels))]
+        + [
+            bio.SpaceOutputAxisWithHalo(
+                id=bio.AxisId(a), size=bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=bio.AxisId(a)), halo=halo,
+                **_space_axis(package),
+            )  # fmt: skip
+            for a in "yx"
+        ],
+        test_tensor=bio.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=bio.FileDescr(source=folder / "sample_output.tif"),
+        data=bio.IntervalOrRatioDataDescr(type="float32"),
+    )
+
+
+def _channel_names(n: int) -> list[Any]:
+    from bioimageio.spec.model import v0_5 as bio
+
+    return [bio.Identifier(f"channel{i}") for i in range(n)]
+
+
+def _weights_descr(package: ModelPackage, folder: Path) -> Any:
+    """State dict (with ``unet.py`` as the architecture) and its TorchScript child."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    torch_version = bio.Version(torch.__version__.split("+")[0])
+    kwargs = {"in_channels": package.in_channels, "out_channels": package.out_channels, **package.generator_config.model_dump()}
+    architecture = bio.ArchitectureFromFileDescr(source=folder / "unet.py", callable=bio.Identifier("UNet"), kwargs=kwargs)
+    return bio.WeightsDescr(
+        pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+            source=folder / "weights.pt", architecture=architecture, pytorch_version=torch_version
+        ),
+        torchscript=bio.TorchscriptWeightsDescr(
+            source=folder / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"
+        ),
+    )
+
+
+def _trace(generator: UNet, test_input: np.ndarray) -> torch.jit.ScriptModule:
+    """TorchScript of the padded generator (traced; valid for every size, see the module docstring)."""
+    with _quiet_torch(), torch.no_grad():  # also hides tracer notes on UNet's padding branch, never taken here
+        return torch.jit.trace(_PadToMultiple(generator).eval(), torch.from_numpy(test_input))
+
+
+def _write_cover(path: Path, lq: np.ndarray, enhanced: np.ndarray) -> None:
+    """LQ and enhanced side by side (2:1), 8-bit grey."""
+    pair = np.concatenate([lq, np.clip(enhanced, 0.0, 1.0)], axis=1)
+    PILImage.fromarray(np.rint(pair * 255).astype(np.uint8)).save(path)
+
+
+def _name(package: ModelPackage) -> str:
+    """A bioimage.io model name: letters, digits, spaces and ``_+-()`` only."""
+    p = package.provenance
+    name = f"confocalize {p.lq_system.modality or 'wide-field'} to {p.hq_system.modality or 'confocal'}"
+    return re.sub(r"[^A-Za-z0-9_+\-() ]", "", name)[:64]
+
+
+def _description(package: ModelPackage) -> str:
+    """One sentence: what the model turns into what."""
+    p = package.provenance
+    lq, hq = p.lq_system.modality or "wide-field (LQ)", p.hq_system.modality or "confocal (HQ)"
+    return f"pix2pix U-Net generator that turns {lq} images into {hq}-like images; trained with confocalize."
+
+
+def _config(package: ModelPackage) -> dict[str, Any]:
+    """confocalize's own record in the bioimage.io config: identity and provenance (not the training config)."""
+    return {**_metadata(package), "provenance": package.provenance.model_dump(mode="json", exclude={"config"}, exclude_none=True)}
+
+
+def _readme(package: ModelPackage) -> str:
+    """The model card: what it does, its input, the two systems, training data, validation, limitations."""
+    summary = package_summary(package)
+    lines = [f"# {_name(package)}", "", _description(package), ""]
+    low, high = package.normalization.low, package.normalization.high
+    lines += ["## Input", "", f"Raw LQ intensities; percentile-normalised ({low} to {high}) by the model's preprocessing.", ""]
+    px = package.lq_pixel_size
+    if px:
+        lines += [f"Trained at an LQ pixel size of {px:g} µm: resample inputs to it (within {FIT_TOLERANCE:.0%}).", ""]
+    for title, key in (("LQ system", "lq_system"), ("HQ system", "hq_system"), ("Training data", "training_data")):
+        lines += [f"## {title}", "", *_table(summary[key]), ""]
+    lines += ["## Validation", "", "Metrics on held-out validation fields (images normalised to [0, 1], data_range 1):", ""]
+    for name, values in package.metrics.items():
+        lines += [f"### {name}", "", *_table(values), ""]
+    lines += ["## Citations", "", *[f"- {text} doi:{doi}" for text, doi in CITATIONS], ""]
+    return "\n".join(lines)
+
+
+def _table(values: dict[str, Any]) -> list[str]:
+    """A two-column markdown table, or a note that nothing was recorded."""
+    if not values:
+        return ["(not recorded)"]
+    return ["| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in values.items()]]
