@@ -13,17 +13,21 @@ test are made by field so that no field contributes to two sets.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import json
+import numpy as np
 
-from confocalize.errors import ConfocalizeError
-from confocalize.io import image_stem, list_images, write_json
+from confocalize.errors import ConfocalizeError, RegistrationError
+from confocalize.io import image_stem, list_images, read_image, write_image, write_json
+
+if TYPE_CHECKING:
+    from confocalize.register import RegistrationOptions
 
 MANIFEST = "pairs.json"
 MANIFEST_VERSION = 1
@@ -153,3 +157,60 @@ def collect_pairs(
         ]
     assert lq_dir is not None and hq_dir is not None
     return [PairPaths(image_stem(lq), field_of(image_stem(lq), field_pattern), lq, hq) for lq, hq in match_by_name(lq_dir, hq_dir)]
+
+
+def register_folder(
+    pairs: Sequence[tuple[Path, Path]],
+    out_dir: str | os.PathLike,
+    options: RegistrationOptions | None = None,
+    field_pattern: str | None = None,
+    lq_pixel_size: float | None = None,
+    hq_pixel_size: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PairRecord]:
+    """Register every (LQ, HQ) pair and write the pairs folder: cropped LQ, registered HQ,
+    an overlay PNG per pair and ``pairs.json``. Pairs that cannot be registered are listed as
+    rejected with their reason, never kept."""
+    from confocalize.register import register_pair, write_overlay
+
+    out = Path(out_dir)
+    records: list[PairRecord] = []
+    for i, (lq_path, hq_path) in enumerate(pairs):
+        name = image_stem(lq_path)
+        record = PairRecord(name=name, field=field_of(name, field_pattern), lq=f"lq/{name}.ome.tif", hq=f"hq/{name}.ome.tif",
+                            source_lq=str(lq_path), source_hq=str(hq_path))
+        try:
+            lq = read_image(lq_path, pixel_size=lq_pixel_size)
+            hq = read_image(hq_path, pixel_size=hq_pixel_size)
+            reg = register_pair(lq, hq, options)
+        except RegistrationError as exc:
+            record.status, record.reason = "rejected", str(exc)
+        else:
+            y0, x0, y1, x1 = reg.crop
+            write_image(out / record.lq, lq.data[..., y0:y1, x0:x1], lq.axes, lq.pixel_size, lq.z_step)
+            write_image(out / record.hq, reg.hq_on_lq[..., y0:y1, x0:x1], reg.axes, lq.pixel_size, hq.z_step)
+            write_overlay(out / "overlays" / f"{name}.png", lq, reg)
+            record.lq_from_hq = np.asarray(reg.lq_from_hq).tolist()
+            record.crop, record.pixel_size, record.quality = list(reg.crop), lq.pixel_size, reg.quality
+        records.append(record)
+        if progress:
+            progress(i + 1, len(pairs))
+    write_manifest(out, records)
+    return records
+
+
+def summary_rows(records: Sequence[PairRecord]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a registration summary table, one row per pair."""
+    header = ["pair", "status", "NCC before", "NCC after", "overlap", "rotation", "reason"]
+    rows = []
+    for r in records:
+        q = r.quality
+        rows.append([
+            r.name, r.status, _fmt(q.get("ncc_before")), _fmt(q.get("ncc_after")), _fmt(q.get("overlap_fraction")),
+            _fmt(q.get("rotation_deg"), "{:.1f}°"), r.reason or "",
+        ])
+    return header, rows
+
+
+def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "" if value is None else pattern.format(value)

@@ -1,0 +1,347 @@
+"""The ``confocalize`` command line: parse, call the API, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from confocalize.config import TrainConfig
+
+from confocalize import __version__
+from confocalize.errors import ConfocalizeError
+
+console = Console(stderr=True)
+out = Console()
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str) -> Iterator[ProgressCallback]:
+    """A rich progress bar driven by ``callback(done, total)``."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    table = Table(title=title, show_header=any(header))
+    for name in header:
+        table.add_column(str(name), overflow="fold")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    out.print(table)
+
+
+# --- sub-commands -------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from confocalize.simulate import SimulationParams, simulate
+
+    params = SimulationParams(size=args.size) if args.size else SimulationParams()
+    with progress_bar("simulate") as bar:
+        simulate(args.output, n_fields=args.fields, params=params, seed=args.seed, progress=bar)
+    out.print(f"wrote {args.fields} wide-field/confocal pairs and truth.json to {args.output}")
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    from confocalize.pairs import match_by_name, read_pairs_csv, register_folder, summary_rows
+    from confocalize.register import RegistrationOptions
+
+    if args.pairs_csv:
+        pairs = [(lq, hq) for lq, hq, _ in read_pairs_csv(args.pairs_csv)]
+    elif args.lq_dir and args.hq_dir:
+        pairs = match_by_name(args.lq_dir, args.hq_dir)
+    else:
+        raise ConfocalizeError("give LQ_DIR and HQ_DIR, or --pairs-csv FILE")
+    options = RegistrationOptions(beads=args.beads, min_overlap=args.min_overlap)
+    with progress_bar("register") as bar:
+        records = register_folder(
+            pairs, args.output, options, field_pattern=args.field_pattern,
+            lq_pixel_size=args.lq_pixel_size, hq_pixel_size=args.hq_pixel_size, progress=bar,
+        )
+    header, rows = summary_rows(records)
+    _print_rows(f"registration of {len(records)} pairs -> {args.output}", header, rows)
+    ok = sum(r.status == "ok" for r in records)
+    if ok == 0:
+        raise ConfocalizeError(f"{args.output}: no pair could be registered; see the reasons above and the overlays folder")
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The config file (or defaults) with the command-line options laid over it."""
+    from confocalize.config import TrainConfig, load_config, parse_config
+
+    raw = (load_config(args.config) if args.config else TrainConfig()).model_dump()
+    overrides = {
+        "data": {"pairs_dir": args.pairs_dir, "lq_dir": args.lq, "hq_dir": args.hq, "pairs_csv": args.pairs_csv,
+                 "field_pattern": args.field_pattern, "lq_pixel_size": args.lq_pixel_size},
+        "trainer": {"max_steps": args.steps, "max_time_minutes": args.minutes, "devices": args.devices,
+                    "num_nodes": args.num_nodes, "strategy": args.strategy, "accelerator": args.accelerator},
+    }
+    for section, values in overrides.items():
+        raw[section].update({k: v for k, v in values.items() if v is not None})
+    for side in ("lq_system", "hq_system"):
+        raw["provenance"][side].update(_key_values(getattr(args, side), f"--{side.replace('_', '-')}"))
+    if args.output is not None:
+        raw["output_dir"] = args.output
+    return parse_config(raw, source="command line")
+
+
+def _key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` options as a mapping (the config validates keys and values)."""
+    pairs: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfocalizeError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} objective_na=1.4")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from confocalize.train import fit
+
+    cfg = _train_config(args)
+    result = fit(cfg, resume=args.resume)
+    out.print(f"model written to {result.model_dir} (best validation: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in result.best_val.items()) + ")")
+
+
+def cmd_enhance(args: argparse.Namespace) -> None:
+    from confocalize.package import load_package
+    from confocalize.predict import enhance_files
+
+    package = load_package(args.model)
+    with progress_bar("enhance") as bar:
+        written = enhance_files(
+            package, args.inputs, args.output, dtype=args.dtype, pixel_size=args.pixel_size, axes=args.axes,
+            tile=args.tile, progress=bar, resample=args.resample,
+        )
+    out.print(f"wrote {len(written)} enhanced image(s) to {args.output}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from confocalize.package import load_package, package_summary
+
+    summary = package_summary(load_package(args.package))
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        return
+    for section, values in summary.items():
+        title = section.replace("_", " ")
+        if values and all(isinstance(v, dict) for v in values.values()):  # a table such as the metrics
+            columns = list(dict.fromkeys(k for row in values.values() for k in row))
+            _print_rows(title, ["", *columns], [[name, *(row.get(c, "") for c in columns)] for name, row in values.items()])
+        else:
+            _print_rows(title, ["", ""], [[k, v] for k, v in values.items() if v is not None] or [["(not recorded)", ""]])
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from confocalize.export import export_bioimageio, export_onnx
+    from confocalize.io import read_image
+    from confocalize.package import load_package, save_package
+
+    if not (args.zip or args.bioimageio or args.onnx):
+        raise ConfocalizeError("nothing to export; give --zip, --bioimageio and/or --onnx with an output path")
+    package = load_package(args.package)
+    if args.zip:
+        out.print(f"model package: {save_package(package, args.zip)}")
+    if args.onnx:
+        out.print(f"ONNX model: {export_onnx(package, args.onnx)}")
+    if args.bioimageio:
+        sample = read_image(args.sample) if args.sample else None
+        path = export_bioimageio(package, args.bioimageio, sample=sample, authors=args.author or (), license=args.license)
+        out.print(f"bioimage.io model: {path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from confocalize.data import read_split
+    from confocalize.evaluate import evaluate_model
+    from confocalize.package import load_package
+    from confocalize.pairs import collect_pairs
+
+    pairs = collect_pairs(pairs_dir=args.pairs_dir, lq_dir=args.lq, hq_dir=args.hq, pairs_csv=args.pairs_csv,
+                          field_pattern=args.field_pattern)
+    if args.split:
+        held_out = {p.name for p in read_split(args.split)[args.split_set]}
+        pairs = [p for p in pairs if p.name in held_out]
+        if not pairs:
+            raise ConfocalizeError(f"{args.split}: none of its '{args.split_set}' pairs are in the given data")
+    package = load_package(args.model)
+    with progress_bar("evaluate") as bar:
+        result = evaluate_model(package, pairs, args.output, lq_pixel_size=args.lq_pixel_size, progress=bar)
+    _print_metrics(result, f"median over {result['n_images']} held-out images")
+    out.print(f"metrics: {Path(args.output) / 'metrics.json'}  figure: {Path(args.output) / 'figure.png'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from confocalize.demo import run_demo
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = run_demo(args.output, minutes=args.minutes, n_fields=args.fields, seed=args.seed, progress=report)
+    _print_metrics(result.metrics, f"confocalize demo: median over {result.metrics['n_images']} held-out fields")
+    out.print(f"wall time {result.seconds / 60:.1f} min; metrics: {result.metrics_path}; figure: {result.figure_path}")
+
+
+def _print_metrics(result: dict, title: str) -> None:
+    from confocalize.evaluate import table_rows
+
+    header, rows = table_rows(result)
+    _print_rows(title, header, rows)
+    out.print(f"[dim]normalisation: {result['normalisation']}[/dim]")
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def _add_pair_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pairs_dir", nargs="?", type=Path, help="pairs folder made by 'confocalize register'")
+    p.add_argument("--lq", type=Path, help="folder of already-registered LQ images (matched to --hq by name)")
+    p.add_argument("--hq", type=Path, help="folder of already-registered HQ images")
+    p.add_argument("--pairs-csv", type=Path, help="CSV with columns lq,hq[,field] of already-registered pairs")
+    p.add_argument("--field-pattern", help=r"regex whose first group is the field-of-view id, e.g. '^(\d+)_'")
+    p.add_argument("--lq-pixel-size", type=float, help="LQ pixel size in µm for files without metadata")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per step of the chain."""
+    parser = argparse.ArgumentParser(prog="confocalize", description="Wide-field to confocal enhancement with a conditional GAN.")
+    parser.add_argument("--version", action="version", version=f"confocalize {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate wide-field/confocal pairs of synthetic cells (the embedded default data)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--fields", type=int, default=8, help="fields of view (default 8)")
+    p.add_argument("--size", type=int, help="LQ image edge in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("register", help="register LQ/HQ pairs from two microscopes into a pairs folder")
+    p.add_argument("lq_dir", nargs="?", type=Path)
+    p.add_argument("hq_dir", nargs="?", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="pairs folder to write")
+    p.add_argument("--pairs-csv", type=Path, help="CSV with columns lq,hq instead of matching names")
+    p.add_argument("--lq-pixel-size", type=float, help="µm, for LQ files without metadata")
+    p.add_argument("--hq-pixel-size", type=float, help="µm, for HQ files without metadata")
+    p.add_argument("--field-pattern", help="regex whose first group is the field-of-view id")
+    p.add_argument("--beads", action="store_true", help="fit the transform to matched bright point sources")
+    p.add_argument("--min-overlap", type=float, default=0.3, help="refuse pairs overlapping less (fraction)")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("train", help="train a model on a pairs folder (or registered folders)")
+    _add_pair_source(p)
+    p.add_argument("--config", type=Path, help="YAML with settings (see config.py)")
+    p.add_argument("-o", "--output", type=Path, help="run folder (default from config: runs/latest)")
+    p.add_argument("--steps", type=int, help="generator steps")
+    p.add_argument("--minutes", type=float, help="stop after this wall time")
+    p.add_argument("--resume", type=Path, help="checkpoint to continue from (e.g. RUN/checkpoints/last.ckpt)")
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--devices", help="number of devices/processes per node")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
+    for side, example in (("lq", "modality=wide-field"), ("hq", "objective_na=1.4")):
+        p.add_argument(
+            f"--{side}-system", action="append", metavar="KEY=VALUE",
+            help=f"describe the {side.upper()} microscope for the package (repeatable), e.g. {example}; keys: "
+            "modality, microscope, objective_na, magnification, immersion, pixel_size_um, excitation_nm, emission_nm, "
+            "pinhole_au, detector, institute, notes",
+        )  # fmt: skip
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("enhance", help="enhance images (files or folders) with a trained model")
+    p.add_argument("model", type=Path, help="model package: folder or .zip")
+    p.add_argument("inputs", nargs="+", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--dtype", choices=["float32", "uint16"], default="float32")
+    p.add_argument("--pixel-size", type=float, help="µm, for inputs without metadata")
+    p.add_argument("--axes", help="override the axes of the inputs (YX, ZYX, CYX, CZYX)")
+    p.add_argument("--tile", type=int, default=1024, help="tile edge in pixels, halo included (memory vs speed)")
+    p.add_argument("--resample", action="store_true", help="enhance on the model's pixel size and resample back")
+    p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("info", help="check a model package and print its systems, training data and metrics")
+    p.add_argument("package", type=Path, help="model package: folder or .zip")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a model package as one .zip, a bioimage.io model or ONNX")
+    p.add_argument("package", type=Path, help="model package: folder or .zip")
+    p.add_argument("--zip", type=Path, metavar="OUT.zip", help="the package as one file, to send to a partner")
+    p.add_argument("--bioimageio", type=Path, metavar="OUT.zip", help="bioimage.io model (state dict + TorchScript)")
+    p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="ONNX model; input: normalised (N, C, H, W) float32")
+    p.add_argument("--sample", type=Path, help="LQ image whose centre becomes the bioimage.io test and cover image")
+    p.add_argument("--author", action="append", help="bioimage.io author name (repeatable)")
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the bioimage.io model (default CC-BY-4.0)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a model on held-out pairs against the raw LQ")
+    p.add_argument("model", type=Path)
+    _add_pair_source(p)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--split", type=Path, help="split.json of a training run: evaluate only its held-out pairs")
+    p.add_argument("--split-set", default="test", choices=["train", "val", "test"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="simulate -> register -> train -> enhance -> evaluate on the embedded default")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo-output"))
+    p.add_argument("--minutes", type=float, default=5.0, help="training wall-time budget")
+    p.add_argument("--fields", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2; nothing else is swallowed."""
+    args = build_parser().parse_args(argv)
+    logging.getLogger("lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="lightning")
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args.func(args)
+    except ConfocalizeError as exc:
+        console.print(f"[red]confocalize: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("confocalize: interrupted")
+        return 130
+    return 0
+
+
+def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
+    """Warnings as one line, like errors."""
+    console.print(f"[yellow]confocalize: warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
