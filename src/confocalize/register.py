@@ -1,0 +1,807 @@
+"""Cross-system registration: put an HQ (confocal) image onto the pixel grid of its LQ (wide-field) partner.
+
+Conventions: a transform is a 3x3 matrix on homogeneous pixel coordinates ``(x = column, y = row, 1)``
+with pixel centres at integers; ``lq_from_hq`` maps HQ pixel coordinates to LQ pixel coordinates.
+
+Method, all lengths in LQ pixels:
+
+1. Scale from the two pixel sizes.
+2. Coarse: for each flip and each rotation of a sweep, the masked normalised cross-correlation
+   (Padfield) of band-passed images (difference of Gaussians, which removes wide-field haze and noise)
+   on a coarse grid gives the best shift. The winner must stand out from the best *distinct*
+   alternative (another flip, rotation or shift), else the pair is ambiguous.
+3. Fine: the 6 affine parameters maximise the band-passed NCC (L-BFGS with its analytic gradient),
+   coarse to fine, each level with a finer band-pass.
+4. Optional bead mode: point sources in both images, matched near the intensity solution, affine
+   fitted with RANSAC; the residual is reported in nm.
+5. Checks: overlap, plausible scale/shear/rotation and an NCC above chance, else
+   :class:`RegistrationError`; a wrong transform is never returned silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage.feature import peak_local_max
+from skimage.measure import ransac
+from skimage.registration._masked_phase_cross_correlation import cross_correlate_masked
+from skimage.transform import AffineTransform
+
+from confocalize.config import Strict
+from confocalize.errors import ConfocalizeError, RegistrationError
+from confocalize.io import Image, atomic_write
+
+DOG_RATIO = 2.5  # outer / inner sigma of the difference-of-Gaussians band-pass
+HQ_MIN_SIGMA = 0.5  # finest band-pass scale in HQ pixels
+EDGE = 1.5  # band-passed pixels closer than EDGE outer sigmas to an image edge are not compared
+FIX = "check that both show the same field and the pixel sizes (--lq-pixel-size/--hq-pixel-size)"
+MIN_LEVEL_PIXELS = 24
+MAX_ITERATIONS = 50  # Gauss-Newton steps per refinement
+CONVERGED = 1e-3  # grid pixels: a smaller step ends a refinement  # a pyramid level keeps at least this many pixels along each image side
+
+
+class RegistrationOptions(Strict):
+    """Settings of :func:`register_pair`; the defaults suit wide-field vs confocal pairs."""
+
+    min_overlap: float = Field(0.3, gt=0, le=1, description="least overlap, as a fraction of the smaller footprint")
+    max_rotation_deg: float = Field(15.0, ge=0, le=180, description="rotation sweep covers +- this angle")
+    angle_step_deg: float = Field(2.0, gt=0, le=10, description="step of the coarse rotation sweep")
+    allow_flip: bool = Field(True, description="also try the mirrored HQ (camera mounted flipped)")
+    beads: bool = Field(False, description="fit the final affine to matched point sources (bead slides)")
+    sigma_px: float = Field(2.0, ge=0.5, le=20, description="finest band-pass scale in LQ pixels (about the wide-field PSF)")
+    coarse_size: int = Field(192, ge=32, le=1024, description="pixels across the coarse search grid")
+    max_points: int = Field(2**17, ge=1000, description="most pixels sampled per refinement level")
+    max_scale_error: float = Field(0.05, gt=0, lt=1, description="refuse a fitted scale this far from the pixel-size ratio")
+    max_shear: float = Field(0.08, ge=0, lt=1, description="refuse a fitted shear or anisotropy above this")
+    min_ncc: float = Field(0.15, gt=0, lt=1, description="refuse a band-passed NCC after registration below this")
+    min_z: float = Field(7.0, gt=0, description="refuse unless the NCC is this many chance standard deviations (Fisher z) above 0")
+    min_ncc_ratio: float = Field(1.5, ge=1, description="the fit's Fisher z (atanh NCC) must beat the best distinct alternative's by this factor")
+    max_uncertainty_px: float = Field(0.3, gt=0, description="refuse a fit whose jackknife standard error exceeds this (LQ pixels RMS)")
+    hypotheses: int = Field(3, ge=2, le=10, description="distinct coarse placements refined and compared")
+    min_beads: int = Field(6, ge=3, description="bead mode: least number of matched beads")
+
+
+@dataclass
+class Registration:
+    """The HQ image on the LQ grid, where it is valid, and how it got there."""
+
+    hq_on_lq: np.ndarray  # float32, HQ's non-spatial axes + LQ's YX shape; 0 outside the overlap
+    axes: str  # of hq_on_lq (the HQ image's axes)
+    overlap: np.ndarray  # bool, LQ's YX shape
+    crop: list[int]  # [y0, x0, y1, x1], half-open: lq[..., y0:y1, x0:x1] lies inside the overlap
+    lq_from_hq: np.ndarray  # 3x3
+    quality: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A band-passed image sampled every ``factor`` pixels of its original grid (block means).
+
+    ``sigma`` is the inner band-pass scale in pixels of this grid.
+    """
+
+    image: np.ndarray
+    factor: int
+    sigma: float
+
+    def to_level(self, xy: np.ndarray) -> np.ndarray:
+        """Original pixel coordinates -> coordinates on this grid."""
+        return (xy - (self.factor - 1) / 2) / self.factor
+
+    def to_full(self, xy: np.ndarray) -> np.ndarray:
+        """Coordinates on this grid -> original pixel coordinates."""
+        return xy * self.factor + (self.factor - 1) / 2
+
+    def inside(self, xy: np.ndarray) -> np.ndarray:
+        """Which grid coordinates lie far enough from the edges for an undistorted band-pass."""
+        margin = min(EDGE * DOG_RATIO * self.sigma, (min(self.image.shape) - 1) / 4)
+        h, w = self.image.shape
+        return (xy[0] >= margin) & (xy[0] <= w - 1 - margin) & (xy[1] >= margin) & (xy[1] <= h - 1 - margin)
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One pyramid level: LQ and HQ band-passed at the same physical scale ``sigma`` (LQ pixels)."""
+
+    lq: _Grid
+    hq: _Grid
+    sigma: float
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A possible solution: its NCC and the transform it stands for."""
+
+    ncc: float
+    lq_from_hq: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = None) -> Registration:
+    """Register ``hq`` onto the grid of ``lq``; raise :class:`RegistrationError` when not confident."""
+    opts = options or RegistrationOptions()
+    names = f"{_label(lq)} vs {_label(hq)}"
+    scale = pixel_ratio(lq, hq)
+    lq2, hq2 = projection(lq), projection(hq)
+    levels = _pyramid(lq2, hq2, scale, opts)
+    starts = _coarse_search(levels[0], scale, lq2.shape, hq2.shape, opts)
+    if not starts:
+        raise RegistrationError(f"{names}: no placement overlaps by {opts.min_overlap:.0%}; {FIX}")
+    fits = [_refine_levels(levels, c.lq_from_hq, opts.max_points) for c in starts]
+    plausible = [_Candidate(_ncc(levels[-1], m, opts.max_points), m) for m in fits if _implausible(m, scale, opts) is None]
+    if not plausible:
+        raise RegistrationError(f"{names}: {_implausible(fits[0], scale, opts)}; {FIX}")
+    best, *rivals = _distinct(plausible, DOG_RATIO * levels[0].sigma, hq2.shape, lq2.shape, 2)
+    fine, blur = _match_blur(lq2, hq2, scale, levels[-1], best.lq_from_hq, opts.max_points)
+    lq_from_hq = _refine(fine, best.lq_from_hq, opts.max_points)
+    quality: dict[str, Any] = {
+        "ncc_fit": best.ncc,
+        "ncc_alternative": rivals[0].ncc if rivals else 0.0,
+        "lq_extra_blur_px": blur,
+        "uncertainty_px": _jackknife(fine, lq_from_hq, opts.max_points, hq2.shape, lq2.shape),
+    }
+    if opts.beads:
+        lq_from_hq, residual_px = _bead_fit(lq2, hq2, lq_from_hq, scale, opts, names)
+        quality["bead_residual_nm"] = residual_px * lq.pixel_size * 1e3 if lq.pixel_size else None
+    overlap = overlap_mask(lq2.shape, hq2.shape, lq_from_hq)
+    quality.update(_measure(fine, lq_from_hq, scale, overlap, hq2.shape, opts))
+    _check(quality, lq_from_hq, scale, opts, names)
+    hq_on_lq = resample(hq.data, lq_from_hq, lq2.shape) * overlap
+    return Registration(hq_on_lq.astype(np.float32), hq.axes, overlap, largest_rectangle(overlap), lq_from_hq, quality)
+
+
+def pixel_ratio(lq: Image, hq: Image) -> float:
+    """HQ pixel size in LQ pixels (the nominal ``lq_from_hq`` scale); equal sizes if neither is known."""
+    if lq.pixel_size is None and hq.pixel_size is None:
+        return 1.0
+    if lq.pixel_size is None or hq.pixel_size is None:
+        missing = lq if lq.pixel_size is None else hq
+        flag = "--lq-pixel-size" if missing is lq else "--hq-pixel-size"
+        raise ConfocalizeError(f"{_label(missing)}: pixel size unknown; pass {flag} (µm) so that the two microscopes can be scaled")
+    ratio = hq.pixel_size / lq.pixel_size
+    if not 0.05 <= ratio <= 20:
+        raise ConfocalizeError(f"{_label(lq)} vs {_label(hq)}: pixel sizes differ {ratio:.3g}-fold; check --lq-pixel-size/--hq-pixel-size")
+    return ratio
+
+
+def projection(image: Image) -> np.ndarray:
+    """One float32 plane to register on: maximum over Z, sum over percentile-normalised channels."""
+    data = image.data.astype(np.float32)
+    if "Z" in image.axes:
+        data = data.max(axis=image.axes.index("Z"))
+    if "C" in image.axes:
+        lo, hi = np.percentile(data, [1, 99.9], axis=(-2, -1), keepdims=True)
+        data = ((data - lo) / np.maximum(hi - lo, 1e-12)).sum(axis=0)
+    return data
+
+
+def resample(data: np.ndarray, lq_from_hq: np.ndarray, lq_shape: tuple[int, int], order: int = 3) -> np.ndarray:
+    """HQ planes (..., Y, X) resampled onto an LQ grid of ``lq_shape`` (0 outside HQ), anti-aliased when shrinking."""
+    hq_xy = _apply(np.linalg.inv(lq_from_hq), _grid_xy(lq_shape))
+    coords = np.stack([hq_xy[1], hq_xy[0]])
+    sigma = max(0.0, (1 / _scale(lq_from_hq) - 1) / 2)
+    planes = data.reshape(-1, *data.shape[-2:]).astype(np.float32)
+    out = [
+        ndimage.map_coordinates(ndimage.gaussian_filter(p, sigma) if sigma > 0 else p, coords, order=order, mode="constant").reshape(lq_shape)
+        for p in planes
+    ]
+    return np.stack(out).reshape(*data.shape[:-2], *lq_shape)
+
+
+def overlap_mask(lq_shape: tuple[int, int], hq_shape: tuple[int, int], lq_from_hq: np.ndarray) -> np.ndarray:
+    """LQ pixels whose centre maps inside the HQ image."""
+    x, y = _apply(np.linalg.inv(lq_from_hq), _grid_xy(lq_shape))
+    return ((x >= 0) & (x <= hq_shape[1] - 1) & (y >= 0) & (y <= hq_shape[0] - 1)).reshape(lq_shape)
+
+
+def largest_rectangle(mask: np.ndarray) -> list[int]:
+    """``[y0, x0, y1, x1]`` (half-open) of the largest axis-aligned rectangle inside a convex mask."""
+    filled = mask.any(axis=1)
+    width = mask.shape[1]
+    left = np.where(filled, mask.argmax(axis=1), width)
+    right = np.where(filled, width - 1 - mask[:, ::-1].argmax(axis=1), -1)
+    best_area, best = 0, [0, 0, 0, 0]
+    for y0 in np.flatnonzero(filled):
+        lo = np.maximum.accumulate(left[y0:])
+        hi = np.minimum.accumulate(right[y0:])
+        area = np.maximum(hi - lo + 1, 0) * np.arange(1, len(lo) + 1)
+        k = int(area.argmax())
+        if area[k] > best_area:
+            best_area, best = int(area[k]), [int(y0), int(lo[k]), int(y0 + k + 1), int(hi[k] + 1)]
+    return best
+
+
+def decompose(lq_from_hq: np.ndarray) -> dict[str, Any]:
+    """Rotation (degrees), flip (mirrored x), scale (LQ px per HQ px), anisotropy and shear of a transform."""
+    lin = lq_from_hq[:2, :2]
+    flip = bool(np.linalg.det(lin) < 0)
+    unflipped = lin @ np.diag([-1.0, 1.0]) if flip else lin
+    angle = math.atan2(unflipped[1, 0], unflipped[0, 0])
+    upper = _rotation(-angle)[:2, :2] @ unflipped  # upper triangular: [[sx, k], [0, sy]]
+    return {
+        "rotation_deg": math.degrees(angle),
+        "flip": flip,
+        "scale": _scale(lq_from_hq),
+        "anisotropy": float(upper[0, 0] / upper[1, 1]) - 1,
+        "shear": float(upper[0, 1] / upper[1, 1]),
+    }
+
+
+def point_rms(a: np.ndarray, b: np.ndarray, hq_shape: tuple[int, int], lq_shape: tuple[int, int]) -> float:
+    """RMS distance (LQ pixels) between where ``a`` and ``b`` put the HQ pixels that ``a`` puts inside the LQ image."""
+    xy = _grid_xy(hq_shape, step=max(1, max(hq_shape) // 64))
+    pa, pb = _apply(a, xy), _apply(b, xy)
+    inside = (pa[0] >= 0) & (pa[0] <= lq_shape[1] - 1) & (pa[1] >= 0) & (pa[1] <= lq_shape[0] - 1)
+    if not inside.any():
+        return math.inf
+    return float(np.sqrt(np.mean(np.sum((pa - pb)[:, inside] ** 2, axis=0))))
+
+
+def overlay(lq_plane: np.ndarray, hq_on_lq: np.ndarray) -> np.ndarray:
+    """uint8 RGB for a person to check a registration: magenta = LQ, green = registered HQ."""
+    lq_n, hq_n = _unit(lq_plane), _unit(hq_on_lq)
+    return (np.stack([lq_n, hq_n, lq_n], axis=-1) * 255).round().astype(np.uint8)
+
+
+def write_overlay(path: str | Path, lq: Image, registration: Registration) -> Path:
+    """Write :func:`overlay` of a registered pair as PNG, atomically."""
+    from PIL import Image as PILImage
+
+    rgb = overlay(projection(lq), projection(Image(registration.hq_on_lq, registration.axes)))
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        PILImage.fromarray(rgb).save(tmp, format="PNG")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Known-transform pairs: tests, benchmarks and self-checks on a user's own HQ images
+
+
+def random_lq_from_hq(
+    rng: np.random.Generator,
+    scale: float,
+    lq_shape: tuple[int, int],
+    hq_shape: tuple[int, int],
+    max_rotation_deg: float = 15.0,
+    allow_flip: bool = True,
+    max_shift: float = 0.5,
+    max_distortion: float = 0.03,
+) -> np.ndarray:
+    """A random ``lq_from_hq``: pixel-size ``scale`` with +-``max_distortion`` scale error and shear,
+    rotation, maybe a flip, and the image centres apart by up to ``max_shift`` of the LQ field."""
+    sx, sy = scale * (1 + rng.uniform(-max_distortion, max_distortion, 2))
+    linear = np.array([[sx, sy * rng.uniform(-max_distortion, max_distortion), 0], [0, sy, 0], [0, 0, 1]])
+    mirror = np.diag([-1.0, 1.0, 1.0]) if allow_flip and rng.random() < 0.5 else np.eye(3)
+    direction = rng.uniform(0, 2 * math.pi)
+    shift = max_shift * min(lq_shape) * math.sqrt(rng.uniform()) * np.array([math.cos(direction), math.sin(direction)])
+    rotation = _rotation(math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg)))
+    return _translation(_centre(lq_shape) + shift) @ rotation @ mirror @ linear @ _translation(-_centre(hq_shape))
+
+
+def synthetic_pair(
+    base: np.ndarray,
+    rng: np.random.Generator,
+    scale: float,
+    size: int = 128,
+    lq_pixel_size: float = 0.1,
+    lq_from_hq: np.ndarray | None = None,
+) -> tuple[Image, Image, np.ndarray]:
+    """An (LQ, HQ, true ``lq_from_hq``) pair made from a sharp 2D ``base`` image.
+
+    ``scale`` is the HQ pixel size in LQ pixels; the smaller image is about ``size`` pixels across
+    (less if ``base`` is too small for that field) and both cover about the same field. HQ is a crop
+    of ``base``; LQ is ``base`` (dark outside it) seen through a random (or the given) transform,
+    blurred like a wide-field PSF, with out-of-focus haze, Poisson and read noise, as 12-bit counts.
+    """
+    field = min(size * max(1.0, 1 / scale), 0.8 * min(base.shape))  # base pixels across the LQ field
+    hq_side = min(int(round(field * rng.uniform(0.8, 1.2))), *base.shape)
+    y0, x0 = ((np.array(base.shape) - hq_side) * rng.uniform(0.3, 0.7, 2)).astype(int)
+    hq_data = base[y0 : y0 + hq_side, x0 : x0 + hq_side]
+    lq_shape = (int(round(field * scale)),) * 2
+    truth = random_lq_from_hq(rng, scale, lq_shape, hq_data.shape) if lq_from_hq is None else lq_from_hq
+    sharp = resample(base.astype(np.float32), truth @ _translation(np.array([-x0, -y0], float)), lq_shape, order=1)
+    sharp = (sharp - sharp.min()) / max(float(np.ptp(sharp)), 1e-12)
+    psf = ndimage.gaussian_filter(sharp, rng.uniform(1.0, 2.0))
+    hazy = psf + rng.uniform(0.5, 1.5) * ndimage.gaussian_filter(sharp, 15.0) + 0.1
+    counts = rng.poisson(hazy * rng.uniform(50, 500)) + rng.normal(100, 3, lq_shape)
+    lq = Image(np.clip(counts, 0, 4095).astype(np.uint16), "YX", lq_pixel_size)
+    return lq, Image(hq_data, "YX", lq_pixel_size * scale), truth
+
+
+# ----------------------------------------------------------------------------------------------
+# Pyramid and band-pass
+
+
+def _pyramid(lq: np.ndarray, hq: np.ndarray, scale: float, opts: RegistrationOptions) -> list[_Level]:
+    """Levels from coarse to fine; the coarsest has about ``coarse_size`` pixels across the smaller footprint."""
+    footprint = min(max(lq.shape), max(hq.shape) * scale)
+    sigma = max(opts.sigma_px, HQ_MIN_SIGMA * scale)
+    levels = [_level(lq, hq, scale, sigma, opts.sigma_px)]
+    while footprint / levels[-1].lq.factor > opts.coarse_size:
+        sigma *= 2
+        factors = _factors(scale, sigma, opts.sigma_px)
+        if min(lq.shape) / factors[0] < MIN_LEVEL_PIXELS or min(hq.shape) / factors[1] < MIN_LEVEL_PIXELS:
+            break
+        levels.append(_level(lq, hq, scale, sigma, opts.sigma_px))
+    return levels[::-1]
+
+
+def _factors(scale: float, sigma: float, sigma_px: float) -> tuple[int, int]:
+    """Block sizes of LQ and HQ for a band-pass at ``sigma`` LQ pixels (at least ``sigma_px`` grid pixels)."""
+    lq_factor = max(1, int(sigma / sigma_px))
+    return lq_factor, max(1, int(lq_factor / scale))
+
+
+def _level(lq: np.ndarray, hq: np.ndarray, scale: float, sigma: float, sigma_px: float) -> _Level:
+    """Both images block-averaged and band-passed at ``sigma`` LQ pixels."""
+    f, g = _factors(scale, sigma, sigma_px)
+    return _Level(_grid(lq, f, sigma / f), _grid(hq, g, sigma / (scale * g)), sigma)
+
+
+def _grid(image: np.ndarray, factor: int, sigma: float, blur: float = 0.0) -> _Grid:
+    """``image`` block-averaged by ``factor``, blurred by ``blur`` and band-passed at ``sigma`` (pixels of the result)."""
+    return _Grid(_bandpass(_block_mean(image, factor), sigma, blur), factor, sigma)
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor`` x ``factor`` blocks (edge remainder dropped)."""
+    if factor == 1:
+        return image
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _bandpass(image: np.ndarray, sigma: float, blur: float = 0.0) -> np.ndarray:
+    """Difference of Gaussians at ``sigma`` and ``DOG_RATIO * sigma`` after a Gaussian ``blur``, in pixels of ``image``."""
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), math.hypot(sigma, blur), mode="reflect")
+    return smooth - ndimage.gaussian_filter(smooth, sigma * math.sqrt(DOG_RATIO**2 - 1), mode="reflect")
+
+
+# ----------------------------------------------------------------------------------------------
+# Coarse search
+
+
+def _coarse_search(
+    level: _Level, scale: float, lq_shape: tuple[int, int], hq_shape: tuple[int, int], opts: RegistrationOptions
+) -> list[_Candidate]:
+    """The best ``opts.hypotheses`` distinct placements (flip, rotation, shift) by masked NCC, best first."""
+    steps = int(math.floor(opts.max_rotation_deg / opts.angle_step_deg + 1e-9))
+    angles = np.linspace(-steps, steps, 2 * steps + 1) * opts.angle_step_deg
+    lq_mask = level.lq.inside(_grid_xy(level.lq.image.shape)).reshape(level.lq.image.shape)
+    found: list[_Candidate] = []
+    for flip in (False, True) if opts.allow_flip else (False,):
+        for angle in angles:
+            similarity = _rotation(math.radians(angle)) @ _mirror(flip) @ np.diag([scale, scale, 1])
+            guess = _translation(_centre(lq_shape)) @ similarity @ _translation(-_centre(hq_shape))
+            found.extend(_shift_candidates(level, lq_mask, guess, hq_shape, opts.min_overlap))
+    return _distinct(found, DOG_RATIO * level.sigma, hq_shape, lq_shape, opts.hypotheses)
+
+
+def _shift_candidates(level: _Level, lq_mask: np.ndarray, guess: np.ndarray, hq_shape: tuple[int, int], min_overlap: float) -> list[_Candidate]:
+    """The top NCC peaks over all shifts of the HQ image placed by ``guess`` (rotation and flip fixed)."""
+    h, w = hq_shape
+    corners = level.lq.to_level(_apply(guess, np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1]], float)))
+    origin = np.floor(corners.min(axis=1))
+    shape = tuple(int(n) for n in (np.ceil(corners.max(axis=1)) - origin + 1)[::-1])
+    canvas_xy = _grid_xy(shape) + origin[:, None]  # LQ grid coordinates where ``guess`` puts the canvas pixels
+    hq_xy = level.hq.to_level(_apply(np.linalg.inv(guess), level.lq.to_full(canvas_xy)))
+    canvas = ndimage.map_coordinates(level.hq.image, [hq_xy[1], hq_xy[0]], order=1, mode="nearest").reshape(shape)
+    valid = level.hq.inside(hq_xy).reshape(shape)
+    ncc = cross_correlate_masked(level.lq.image, canvas, lq_mask, valid, mode="full", axes=(0, 1), overlap_ratio=min_overlap)
+    radius = max(1, int(round(level.lq.sigma)))
+    out = []
+    for row, col in peak_local_max(ncc, min_distance=radius, num_peaks=3, exclude_border=False):
+        shift = np.array([col - (shape[1] - 1), row - (shape[0] - 1)], float) - origin  # LQ grid pixels
+        out.append(_Candidate(float(ncc[row, col]), _translation(shift * level.lq.factor) @ guess))
+    return out
+
+
+def _distinct(
+    candidates: list[_Candidate], distance: float, hq_shape: tuple[int, int], lq_shape: tuple[int, int], count: int
+) -> list[_Candidate]:
+    """Up to ``count`` best candidates that place HQ more than ``distance`` LQ pixels (RMS) apart."""
+    kept: list[_Candidate] = []
+    for candidate in sorted(candidates, key=lambda c: -c.ncc):
+        if all(point_rms(k.lq_from_hq, candidate.lq_from_hq, hq_shape, lq_shape) > distance for k in kept):
+            kept.append(candidate)
+            if len(kept) == count:
+                break
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------
+# Affine refinement
+
+
+@dataclass(frozen=True)
+class _Linearised:
+    """NCC of a level at one affine update, with what a Gauss-Newton step needs (zero-mean over the overlap)."""
+
+    ncc: float
+    warped: np.ndarray  # band-passed HQ at the sample points
+    reference: np.ndarray  # band-passed LQ at the sample points
+    jacobian: np.ndarray  # (6, N): d warped / d update
+
+
+class _NccObjective:
+    """Band-passed NCC of one level as a function of an affine update of ``lq_from_hq``.
+
+    The update ``p`` (6 numbers, in grid pixels of the level) displaces LQ sample points by
+    ``factor * (p[0:2] + [[p2, p3], [p4, p5]] @ u)`` with ``u`` their position relative to the LQ centre,
+    divided by the LQ half-diagonal, before mapping them into HQ. Sums are element-wise rather
+    than BLAS calls: on a busy machine, multithreaded BLAS on these short vectors is many times slower.
+    """
+
+    def __init__(self, level: _Level, lq_from_hq: np.ndarray, max_points: int, leave_out: int | None = None) -> None:
+        lq_img = level.lq.image
+        stride = max(1, math.ceil(math.sqrt(lq_img.size / max_points)))
+        grid_xy = _grid_xy(lq_img.shape, stride)
+        keep = level.lq.inside(grid_xy)
+        if leave_out is not None:  # drop one of 4 interleaved sets of blocks a few band-pass scales wide
+            bx, by = (np.floor(v / (2 * DOG_RATIO * level.lq.sigma)) % 2 for v in grid_xy)
+            keep &= bx + 2 * by != leave_out
+        grid_xy = grid_xy[:, keep]
+        self.reference = lq_img[grid_xy[1].astype(int), grid_xy[0].astype(int)].astype(np.float64)
+        self.points = level.lq.to_full(grid_xy)
+        full_shape = tuple(np.array(lq_img.shape) * level.lq.factor)
+        self.centre, self.radius = _centre(full_shape), 0.5 * math.hypot(*full_shape)
+        self.u = (self.points - self.centre[:, None]) / self.radius
+        self.level = level
+        self.hq_from_lq = np.linalg.inv(lq_from_hq)
+
+    @cached_property
+    def gradients(self) -> list[np.ndarray]:
+        """d/drow and d/dcol of the band-passed HQ grid."""
+        return np.gradient(self.level.hq.image.astype(np.float64))
+
+    def transform(self, p: np.ndarray) -> np.ndarray:
+        """``lq_from_hq`` after the update ``p``."""
+        f = self.level.lq.factor
+        update = np.eye(3)
+        update[:2, :2] += np.array([[p[2], p[3]], [p[4], p[5]]]) * f / self.radius
+        update[:2, 2] = f * np.asarray(p[:2]) - (update[:2, :2] - np.eye(2)) @ self.centre
+        return np.linalg.inv(self.hq_from_lq @ update)
+
+    def evaluate(self, p: np.ndarray, jacobian: bool = True) -> _Linearised | None:
+        """NCC after the update ``p`` (and its Jacobian); None without enough overlap or contrast."""
+        f, hq = self.level.lq.factor, self.level.hq
+        ux, uy = self.u
+        moved = np.stack([self.points[0] + f * (p[0] + p[2] * ux + p[3] * uy), self.points[1] + f * (p[1] + p[4] * ux + p[5] * uy)])
+        hq_xy = hq.to_level(_apply(self.hq_from_lq, moved))
+        valid = hq.inside(hq_xy)
+        if valid.sum() < 100:
+            return None
+        coords = [hq_xy[1][valid], hq_xy[0][valid]]
+        a = ndimage.map_coordinates(hq.image, coords, order=1).astype(np.float64)
+        a -= a.mean()
+        b = self.reference[valid] - self.reference[valid].mean()
+        norms = math.sqrt((a * a).sum() * (b * b).sum())
+        if norms == 0:
+            return None
+        jac = np.empty((6, 0))
+        if jacobian:
+            gy, gx = (ndimage.map_coordinates(g, coords, order=1) / hq.factor for g in self.gradients)
+            lin = self.hq_from_lq[:2, :2]  # chain rule: d value / d LQ displacement = lin^T grad_hq
+            qx, qy = lin[0, 0] * gx + lin[1, 0] * gy, lin[0, 1] * gx + lin[1, 1] * gy
+            ux, uy = ux[valid], uy[valid]
+            jac = f * np.stack([qx, qy, qx * ux, qx * uy, qy * ux, qy * uy])
+        return _Linearised(float((a * b).sum() / norms), a, b, jac)
+
+
+def _ecc_step(state: _Linearised) -> np.ndarray:
+    """Gauss-Newton update maximising the linearised NCC (the ECC algorithm, Evangelidis & Psarakis 2008)."""
+    g = state.jacobian - state.jacobian.mean(axis=1, keepdims=True)
+    a, b = state.warped, state.reference
+    hessian_inv = np.linalg.pinv(np.einsum("in,jn->ij", g, g))
+    proj_a, proj_b = np.einsum("in,n->i", g, a), np.einsum("in,n->i", g, b)
+    explained_a, cross = proj_a @ hessian_inv @ proj_a, proj_b @ hessian_inv @ proj_a
+    denominator = (a * b).sum() - cross
+    if denominator > 0:
+        lam = ((a * a).sum() - explained_a) / denominator
+    else:  # far from the optimum: the paper's safeguarded choice
+        explained_b = max(proj_b @ hessian_inv @ proj_b, 1e-30)
+        lam = max(math.sqrt(max(explained_a / explained_b, 0.0)), (cross - (a * b).sum()) / explained_b)
+    return hessian_inv @ np.einsum("in,n->i", g, lam * b - a)
+
+
+def _match_blur(
+    lq: np.ndarray, hq: np.ndarray, scale: float, level: _Level, lq_from_hq: np.ndarray, max_points: int
+) -> tuple[_Level, float]:
+    """``level`` re-filtered so that LQ and HQ are equally sharp, and the extra blur of LQ over HQ.
+
+    The blur is a Gaussian sigma in LQ pixels, negative when HQ is the blurrier one. A wide-field
+    image is blurrier than its confocal partner; comparing them unmatched biases the fitted scale
+    and shear towards making structures look alike. Estimated on a window of the overlap.
+    """
+    f, g = level.lq.factor, level.hq.factor
+    a, b, mask = _compared(level, lq_from_hq, *_window(level, lq_from_hq, max_points))
+    blurs = level.sigma * np.linspace(-2.0, 2.0, 17)
+    mask = ndimage.binary_erosion(mask, iterations=int(2 * np.abs(blurs).max() / f) + 1)
+    if mask.sum() < 100:
+        return level, 0.0
+    scores = [_masked_ncc(ndimage.gaussian_filter(a, max(e, 0) / f), ndimage.gaussian_filter(b, max(-e, 0) / f), mask) for e in blurs]
+    blur = _parabola_peak(blurs, np.array(scores))
+    if blur >= 0:
+        return replace(level, hq=_grid(hq, g, level.hq.sigma, blur / (scale * g))), blur
+    return replace(level, lq=_grid(lq, f, level.lq.sigma, -blur / f)), blur
+
+
+def _parabola_peak(x: np.ndarray, y: np.ndarray) -> float:
+    """Where a parabola through the largest of evenly spaced samples and its neighbours peaks."""
+    k = int(np.argmax(y))
+    if not 0 < k < len(x) - 1:
+        return float(x[k])
+    lo, mid, hi = y[k - 1 : k + 2]
+    curvature = lo - 2 * mid + hi
+    return float(x[k] + (0.5 * (lo - hi) / curvature if curvature < 0 else 0.0) * (x[1] - x[0]))
+
+
+def _jackknife(level: _Level, lq_from_hq: np.ndarray, max_points: int, hq_shape: tuple[int, int], lq_shape: tuple[int, int]) -> float:
+    """Jackknife standard error (LQ pixels RMS over the overlap) of the fit: refit without each of 4 block sets."""
+    fits = [_refine(level, lq_from_hq, max_points, k) for k in range(4)]
+    mean = np.mean(fits, axis=0)
+    return math.sqrt(3 / 4 * sum(point_rms(f, mean, hq_shape, lq_shape) ** 2 for f in fits))
+
+
+def _refine_levels(levels: list[_Level], lq_from_hq: np.ndarray, max_points: int) -> np.ndarray:
+    """:func:`_refine` through all ``levels``, coarse to fine."""
+    for level in levels:
+        lq_from_hq = _refine(level, lq_from_hq, max_points)
+    return lq_from_hq
+
+
+def _refine(level: _Level, lq_from_hq: np.ndarray, max_points: int, leave_out: int | None = None) -> np.ndarray:
+    """Affine ``lq_from_hq`` maximising the band-passed NCC of one level (without block set ``leave_out``).
+
+    Gauss-Newton (ECC) steps, halved until the NCC improves, within a few band-pass scales of the start.
+    """
+    objective = _NccObjective(level, lq_from_hq, max_points, leave_out)
+    bound = 2 * DOG_RATIO * level.sigma / level.lq.factor
+    p = np.zeros(6)
+    state = objective.evaluate(p)
+    for _ in range(MAX_ITERATIONS):
+        if state is None:
+            break
+        step = _ecc_step(state)
+        for _ in range(4):
+            trial = objective.evaluate(np.clip(p + step, -bound, bound))
+            if trial is not None and trial.ncc > state.ncc:
+                break
+            step /= 2
+        else:
+            break
+        p, state = np.clip(p + step, -bound, bound), trial
+        if np.abs(step).max() < CONVERGED:
+            break
+    return objective.transform(p)
+
+
+def _chance_std(level: _Level, lq_from_hq: np.ndarray, max_points: int) -> float:
+    """Standard deviation of the NCC of two unrelated images with these images' spectra (Bartlett).
+
+    ``var = sum_tau S_a(tau) S_b(tau) / N_tau / (S_a(0) S_b(0))`` with ``S`` the autocorrelation sums of the
+    compared (masked, zero-mean) images and ``N_tau`` the number of pixel pairs at lag ``tau``.
+    """
+    stride = max(1, math.ceil(math.sqrt(level.lq.image.size / max_points)))
+    a, b, mask = _compared(level, lq_from_hq, slice(0, None, stride), slice(0, None, stride))
+    a, b = ((x - x[mask].mean()) * mask for x in (a, b))
+    padded = [2 * n for n in mask.shape]
+    s_a, s_b, pairs = (np.fft.irfft2(np.abs(np.fft.rfft2(x, padded)) ** 2, padded) for x in (a, b, mask.astype(np.float64)))
+    use = pairs > 0.25 * pairs[0, 0]
+    return float(math.sqrt(max((s_a[use] * s_b[use] / pairs[use]).sum(), 0.0) / (s_a[0, 0] * s_b[0, 0])))
+
+
+def _compared(level: _Level, lq_from_hq: np.ndarray, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Band-passed HQ (resampled) and LQ on the LQ grid pixels ``[rows, cols]``, and where both are usable."""
+    lq_img = level.lq.image
+    r = np.arange(*rows.indices(lq_img.shape[0]))
+    c = np.arange(*cols.indices(lq_img.shape[1]))
+    grid_xy = np.stack(np.broadcast_arrays(c[None, :], r[:, None])).reshape(2, -1).astype(np.float64)
+    hq_xy = level.hq.to_level(_apply(np.linalg.inv(lq_from_hq), level.lq.to_full(grid_xy)))
+    shape = (len(r), len(c))
+    mask = (level.lq.inside(grid_xy) & level.hq.inside(hq_xy)).reshape(shape)
+    a = ndimage.map_coordinates(level.hq.image, [hq_xy[1], hq_xy[0]], order=1).reshape(shape).astype(np.float64)
+    return a, lq_img[rows, cols].astype(np.float64), mask
+
+
+def _window(level: _Level, lq_from_hq: np.ndarray, max_points: int) -> tuple[slice, slice]:
+    """A square of at most ``max_points`` LQ grid pixels centred on the overlap."""
+    stride = max(1, math.ceil(math.sqrt(level.lq.image.size / max_points)))
+    _, _, mask = _compared(level, lq_from_hq, slice(0, None, stride), slice(0, None, stride))
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    half = int(math.sqrt(max_points)) // 2
+    y, x = int(rows.mean() * stride), int(cols.mean() * stride)
+    return slice(max(0, y - half), y + half), slice(max(0, x - half), x + half)
+
+
+def _masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """NCC of two images over ``mask``."""
+    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    return float((a * b).sum() / max(math.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
+
+
+def _z_score(ncc: float, chance_std: float) -> float:
+    """Fisher z of an NCC against 0 with ``1 / chance_std**2`` effective independent samples."""
+    samples = 1 / max(chance_std, 1e-6) ** 2
+    return _fisher(ncc) * math.sqrt(max(samples - 3, 1.0))
+
+
+def _fisher(ncc: float) -> float:
+    """Fisher's transform atanh of a correlation (negative ones count as 0)."""
+    return math.atanh(min(max(ncc, 0.0), 1 - 1e-9))
+
+
+def _ncc(level: _Level, lq_from_hq: np.ndarray, max_points: int) -> float:
+    """Band-passed NCC of a level under ``lq_from_hq`` (over the overlap)."""
+    state = _NccObjective(level, lq_from_hq, max_points).evaluate(np.zeros(6), jacobian=False)
+    return state.ncc if state is not None else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Beads
+
+
+def _bead_fit(
+    lq: np.ndarray, hq: np.ndarray, lq_from_hq: np.ndarray, scale: float, opts: RegistrationOptions, names: str
+) -> tuple[np.ndarray, float]:
+    """Affine fitted by RANSAC to beads matched near ``lq_from_hq``; and the RMS residual (LQ px)."""
+    lq_beads = _beads(lq, opts.sigma_px)
+    hq_beads = _apply(lq_from_hq, _beads(hq, max(1.0, opts.sigma_px / scale)).T).T
+    radius = 2 * opts.sigma_px
+    src, dst = _mutual_nearest(hq_beads, lq_beads, radius)
+    if len(src) < opts.min_beads:
+        raise RegistrationError(f"{names}: only {len(src)} beads matched (need {opts.min_beads}); use intensity mode (no --beads) or brighter beads")
+    model, inliers = ransac((src, dst), AffineTransform, min_samples=3, residual_threshold=max(0.5, opts.sigma_px / 2), max_trials=500, rng=0)
+    if model is None or inliers.sum() < opts.min_beads:
+        raise RegistrationError(f"{names}: beads do not agree on one affine transform; use intensity mode (no --beads)")
+    refit = model.params @ lq_from_hq
+    residual = np.sqrt(np.mean(np.sum((_apply(model.params, src[inliers].T) - dst[inliers].T) ** 2, axis=0)))
+    return refit, float(residual)
+
+
+def _beads(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Sub-pixel (x, y) of bright point sources: local maxima of a smoothed, background-free image."""
+    smooth = ndimage.gaussian_filter(image.astype(np.float64), sigma)
+    smooth -= ndimage.gaussian_filter(smooth, 5 * sigma)
+    noise = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
+    peaks = peak_local_max(smooth, min_distance=max(2, int(2 * sigma)), threshold_abs=8 * noise, exclude_border=1)
+    log = np.log(np.maximum(smooth - smooth.min(), 1e-12) + 1e-6 * np.ptp(smooth))
+    offsets = []
+    for axis in (1, 0):  # x then y: Gaussian (log-parabola) fit through three samples
+        step = np.eye(2, dtype=int)[axis]
+        lo, mid, hi = (log[tuple((peaks + d * step).T)] for d in (-1, 0, 1))
+        curvature = lo - 2 * mid + hi
+        offsets.append(np.where(curvature < 0, 0.5 * (lo - hi) / np.where(curvature < 0, curvature, -1), 0).clip(-0.5, 0.5))
+    return np.stack([peaks[:, 1] + offsets[0], peaks[:, 0] + offsets[1]], axis=1)
+
+
+def _mutual_nearest(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of points of ``a`` and ``b`` that are each other's nearest neighbour within ``radius``."""
+    if len(a) == 0 or len(b) == 0:
+        return np.empty((0, 2)), np.empty((0, 2))
+    dist_ab, ab = cKDTree(b).query(a, distance_upper_bound=radius)
+    _, ba = cKDTree(a).query(b)
+    keep = np.flatnonzero((dist_ab <= radius) & (ab < len(b)))
+    keep = keep[ba[ab[keep]] == keep]
+    return a[keep], b[ab[keep]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality
+
+
+def _measure(
+    fine: _Level, lq_from_hq: np.ndarray, scale: float, overlap: np.ndarray, hq_shape: tuple[int, int], opts: RegistrationOptions
+) -> dict[str, Any]:
+    """NCC before/after, overlap fraction and the transform's parameters."""
+    scale_only = np.array([[scale, 0, (scale - 1) / 2], [0, scale, (scale - 1) / 2], [0, 0, 1]])
+    footprint = hq_shape[0] * hq_shape[1] * _scale(lq_from_hq) ** 2
+    ncc_after, chance_std = _ncc(fine, lq_from_hq, opts.max_points), _chance_std(fine, lq_from_hq, opts.max_points)
+    return {
+        "ncc_before": _ncc(fine, scale_only, opts.max_points),
+        "ncc_after": ncc_after,
+        "z_score": _z_score(ncc_after, chance_std),
+        "overlap_fraction": float(overlap.sum() / min(overlap.size, footprint)),
+        **decompose(lq_from_hq),
+        "scale_error": _scale(lq_from_hq) / scale - 1,
+        "status": "ok",
+    }
+
+
+def _implausible(lq_from_hq: np.ndarray, scale: float, opts: RegistrationOptions) -> str | None:
+    """Why a transform cannot be the one between the two microscopes, or None when it can."""
+    p = decompose(lq_from_hq)
+    if abs(p["scale"] / scale - 1) > opts.max_scale_error or max(abs(p["shear"]), abs(p["anisotropy"])) > opts.max_shear:
+        return f"implausible fit: scale {p['scale']:.3f} (expected {scale:.3f}), shear {p['shear']:.2f}, anisotropy {p['anisotropy']:.2f}"
+    if abs(p["rotation_deg"]) > opts.max_rotation_deg + opts.angle_step_deg:
+        return f"fitted rotation {p['rotation_deg']:.1f}° is outside +-{opts.max_rotation_deg}°"
+    return None
+
+
+def _check(quality: dict[str, Any], lq_from_hq: np.ndarray, scale: float, opts: RegistrationOptions, names: str) -> None:
+    """Raise :class:`RegistrationError` unless the result is plausible, unambiguous and above chance."""
+    q = quality
+    if q["overlap_fraction"] < opts.min_overlap:
+        raise RegistrationError(f"{names}: images overlap by {q['overlap_fraction']:.0%} only (need {opts.min_overlap:.0%}); {FIX}")
+    if (problem := _implausible(lq_from_hq, scale, opts)) is not None:
+        raise RegistrationError(f"{names}: {problem}; {FIX}")
+    if _fisher(q["ncc_fit"]) < opts.min_ncc_ratio * _fisher(q["ncc_alternative"]):
+        raise RegistrationError(
+            f"{names}: ambiguous, the best fit (NCC {q['ncc_fit']:.2f}) is not clearly better than a different placement "
+            f"(NCC {q['ncc_alternative']:.2f}); {FIX}"
+        )
+    if q["uncertainty_px"] > opts.max_uncertainty_px:
+        raise RegistrationError(
+            f"{names}: fit uncertain by {q['uncertainty_px']:.2f} px (jackknife; need <= {opts.max_uncertainty_px}); "
+            "too little shared structure, use larger fields or a bead image"
+        )
+    if q["ncc_after"] < opts.min_ncc or q["z_score"] < opts.min_z:
+        raise RegistrationError(
+            f"{names}: correlation after registration {q['ncc_after']:.2f} (z = {q['z_score']:.1f}) could be chance "
+            f"(need >= {opts.min_ncc} and z >= {opts.min_z}); {FIX}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Small geometry helpers
+
+
+def _label(image: Image) -> str:
+    return str(image.path) if image.path is not None else image.name
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    """Image scaled to [0, 1] between its 0.5th and 99.8th percentiles."""
+    lo, hi = np.percentile(image, [0.5, 99.8])
+    return np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def _grid_xy(shape: tuple[int, int], step: int = 1) -> np.ndarray:
+    """(2, N) array of the (x, y) pixel centres of a grid, row by row."""
+    rows, cols = np.mgrid[0 : shape[0] : step, 0 : shape[1] : step]
+    return np.stack([cols.ravel(), rows.ravel()]).astype(np.float64)
+
+
+def _apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 affine to (2, N) or (2,) coordinates (element-wise, no BLAS)."""
+    (a, b, c), (d, e, f) = matrix[:2]
+    return np.stack([a * xy[0] + b * xy[1] + c, d * xy[0] + e * xy[1] + f])
+
+
+def _centre(shape: tuple[int, ...]) -> np.ndarray:
+    """(x, y) of the centre of an image of ``shape`` (rows, columns)."""
+    return np.array([(shape[1] - 1) / 2, (shape[0] - 1) / 2])
+
+
+def _scale(matrix: np.ndarray) -> float:
+    """Geometric-mean scale of an affine."""
+    return float(math.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
+
+
+def _translation(t: np.ndarray) -> np.ndarray:
+    m = np.eye(3)
+    m[:2, 2] = t
+    return m
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def _mirror(flip: bool) -> np.ndarray:
+    return np.diag([-1.0, 1.0, 1.0]) if flip else np.eye(3)
