@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -330,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             args.func(args)
     except ConfocalizeError as exc:
-        console.print(f"[red]confocalize: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]confocalize: error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("confocalize: interrupted")
@@ -340,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
     """Warnings as one line, like errors."""
-    console.print(f"[yellow]confocalize: warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]confocalize: warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
