@@ -19,6 +19,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from confocalize.config import TrainConfig
+    from confocalize.package import ModelPackage
 
 from confocalize import __version__
 from confocalize.errors import ConfocalizeError
@@ -133,12 +134,40 @@ def cmd_enhance(args: argparse.Namespace) -> None:
     from confocalize.predict import enhance_files
 
     package = load_package(args.model)
+    if args.dask or args.format == "zarr" or args.workers or args.scheduler:
+        _enhance_chunked(args, package)
+        return
     with progress_bar("enhance") as bar:
-        written = enhance_files(
+        summary = enhance_files(
             package, args.inputs, args.output, dtype=args.dtype, pixel_size=args.pixel_size, axes=args.axes,
-            tile=args.tile, progress=bar, resample=args.resample,
+            tile=args.tile, progress=bar, resample=args.resample, keep_going=args.keep_going,
         )
-    out.print(f"wrote {len(written)} enhanced image(s) to {args.output}")
+    if summary.failed:
+        _print_rows("not enhanced", ["file", "reason"], [[f.path, f.reason] for f in summary.failed])
+    out.print(f"{summary.describe()}; outputs in {args.output}")
+    if summary.failed:
+        raise ConfocalizeError(
+            f"{len(summary.failed)} file(s) failed (listed above), the others were enhanced; fix or remove them and "
+            "re-run: complete outputs are skipped"
+        )
+
+
+def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
+    """``enhance --format zarr`` or ``--dask``: chunk by chunk into OME-Zarr, in this process or on a dask cluster."""
+    from confocalize.chunked import dask_client, enhance_to_zarr
+
+    unsupported = [flag for flag, on in (("--resample", args.resample), ("--keep-going", args.keep_going)) if on]
+    if unsupported:
+        raise ConfocalizeError(f"{', '.join(unsupported)}: not available with --format zarr or --dask; enhance those files without")
+    if (args.workers or args.scheduler) and not args.dask:
+        raise ConfocalizeError("--workers and --scheduler choose the dask cluster; add --dask")
+    cluster = dask_client(args.workers, args.scheduler) if args.dask else contextlib.nullcontext()
+    with cluster as client, progress_bar("enhance") as bar:
+        written = enhance_to_zarr(
+            package, args.inputs, args.output, client=client, dtype=args.dtype, pixel_size=args.pixel_size,
+            axes=args.axes, tile=args.tile, chunk=args.chunk, progress=bar,
+        )  # fmt: skip
+    out.print(f"wrote {len(written)} OME-Zarr image(s) to {args.output}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -287,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axes", help="override the axes of the inputs (YX, ZYX, CYX, CZYX)")
     p.add_argument("--tile", type=int, default=1024, help="tile edge in pixels, halo included (memory vs speed)")
     p.add_argument("--resample", action="store_true", help="enhance on the model's pixel size and resample back")
+    p.add_argument(
+        "--keep-going", action=argparse.BooleanOptionalAction, default=None,
+        help="skip files that cannot be enhanced, list them and exit 2 at the end (default: on for folders)",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=["tiff", "zarr"], default="tiff",
+        help="tiff: NAME.ome.tif; zarr: NAME.ome.zarr, streamed chunk by chunk (images larger than memory, Zarr inputs)",
+    )  # fmt: skip
+    p.add_argument("--dask", action="store_true", help="chunk by chunk on a dask cluster, into OME-Zarr (local or --scheduler)")
+    p.add_argument("--workers", type=int, help="with --dask: processes of the local cluster (default: one per CPU core)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="with --dask: a running dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--chunk", type=int, help="zarr/dask: chunk edge in pixels (default: the tile less twice the halo)")
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("info", help="check a model package and print its systems, training data and metrics")
@@ -322,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors print one line and exit 2; nothing else is swallowed."""
+    """Entry point: user errors print one line and exit 2 (an interrupted training: 130/143); nothing else is swallowed."""
     args = build_parser().parse_args(argv)
     logging.getLogger("lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="lightning")
@@ -332,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.func(args)
     except ConfocalizeError as exc:
         console.print(f"[red]confocalize: error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         console.print("confocalize: interrupted")
         return 130

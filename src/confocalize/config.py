@@ -42,6 +42,10 @@ class DataConfig(Strict):
     augment: bool = True
     num_workers: int = Field(0, ge=0)
     normalization: NormalizationConfig = NormalizationConfig()
+    channels: Literal["separate", "joint"] = Field(
+        "separate", description="separate: one model for every channel on its own; joint: all channels in and out together"
+    )
+    context_slices: int = Field(0, ge=0, le=8, description="2.5D: z-planes on each side fed as extra input channels")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -98,6 +102,12 @@ class TrainerConfig(Strict):
     seed: int = 0
     progress_bar: bool = True
     log_every_steps: int = Field(10, ge=1)
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also save checkpoints/last.ckpt every this many generator steps (it is always saved at each validation)"
+    )
+    stop_on_nan: bool = Field(True, description="stop when a loss or weight becomes NaN/Inf, keeping the last good checkpoint")
+    d_collapse_steps: int = Field(200, ge=0, description="stop when the D loss stays below d_collapse_threshold this many steps; 0: never")
+    d_collapse_threshold: float = Field(1e-3, gt=0, description="D loss below which the discriminator counts as collapsed")
 
 
 class SystemDescription(Strict):
@@ -140,6 +150,8 @@ class TrainConfig(Strict):
 def load_config(path: str | os.PathLike) -> TrainConfig:
     """Load a :class:`TrainConfig` from YAML; unknown keys and bad values are one-line errors."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfocalizeError(f"{path}: is a folder, not a config file; give the YAML file")
     if not path.is_file():
         raise ConfocalizeError(f"{path}: no such config file; check the path")
     try:

@@ -1,9 +1,12 @@
 """Paired LQ/HQ training data: loading, splits by field of view, patch and validation datasets.
 
-Every sample is one single-channel plane, ``(1, Y, X)`` float32, percentile-normalised on its own
-image: a ``YX`` pair gives one sample, a ``CYX`` pair one per channel, a ``ZYX`` pair one per
-plane and a ``CZYX`` pair one per channel and plane. Each channel is normalised over its whole
-stack (LQ and HQ separately), so the planes of one stack keep their relative intensities.
+Every sample is one output plane with its network input (see :mod:`confocalize.stacks`), float32,
+percentile-normalised on its own image. With ``data.channels: separate`` (default) a ``YX`` pair
+gives one sample, a ``CYX`` pair one per channel, a ``ZYX`` pair one per plane and a ``CZYX`` pair
+one per channel and plane; with ``joint`` a sample holds all channels of a plane. The LQ input of a
+sample also holds ``data.context_slices`` neighbouring planes on each side (2.5D). Each channel is
+normalised over its whole stack (LQ and HQ separately), so the planes of one stack keep their
+relative intensities.
 All samples of a pair keep the pair's field id: splits are made by field, never by image, plane
 or patch, so no field of view contributes to two sets.
 """
@@ -25,6 +28,7 @@ from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, read_image, write_json
 from confocalize.normalize import percentile_normalization
 from confocalize.pairs import PairPaths
+from confocalize.stacks import as_czyx, data_groups, network_input
 
 SETS = ("train", "val", "test")
 SPLIT_VERSION = 1
@@ -33,7 +37,7 @@ VALIDATION_MAX_SIZE = 512
 
 @dataclass(frozen=True)
 class PairImages:
-    """One normalised single-channel LQ/HQ sample, each ``(1, Y, X)`` float32, on the same grid."""
+    """One normalised sample: LQ network input ``(C_in, Y, X)`` and HQ target ``(C_out, Y, X)``, float32, one grid."""
 
     name: str
     field: str
@@ -70,24 +74,51 @@ def _load_pair(pair: PairPaths, cfg: DataConfig) -> list[PairImages]:
             f"{pair.lq}: {height}x{width} pixels is smaller than the training patch ({cfg.patch_size}); "
             "lower data.patch_size or leave this pair out"
         )
-    lq_planes = _normalised_planes(lq, cfg.normalization)
-    hq_planes = _normalised_planes(hq, cfg.normalization)
+    if cfg.context_slices and "Z" not in lq.axes:
+        raise ConfocalizeError(f"{pair.lq}: {lq.axes} image has no z-planes for data.context_slices; use stacks or set it to 0")
+    _refuse_constant(lq)
+    _refuse_constant(hq)
+    lq_czyx, hq_czyx = _normalised_czyx(lq, cfg.normalization), _normalised_czyx(hq, cfg.normalization)
     return [
-        PairImages(pair.name + suffix, pair.field, lq_plane, hq_plane, lq.pixel_size)
-        for (suffix, lq_plane), (_, hq_plane) in zip(lq_planes, hq_planes, strict=True)
+        PairImages(
+            pair.name + _suffix(lq.axes, group, z), pair.field,
+            network_input(lq_czyx, group, z, cfg.context_slices), hq_czyx[group, z], lq.pixel_size,
+        )  # fmt: skip
+        for group in data_groups(len(lq_czyx), joint=cfg.channels == "joint")
+        for z in range(lq_czyx.shape[1])
     ]
 
 
-def _normalised_planes(image: Image, norm: NormalizationConfig) -> list[tuple[str, np.ndarray]]:
-    """``(name suffix, (1, Y, X) float32 plane)`` for every channel and z-plane of ``image``."""
-    channels = image.data if "C" in image.axes else image.data[None]
-    planes = []
-    for c, channel in enumerate(channels):
-        channel = percentile_normalization(channel, norm.low, norm.high).apply(channel)
-        for z, plane in enumerate(channel if "Z" in image.axes else channel[None]):
-            suffix = (f"_c{c}" if "C" in image.axes else "") + (f"_z{z}" if "Z" in image.axes else "")
-            planes.append((suffix, np.ascontiguousarray(plane[None])))
-    return planes
+def _refuse_constant(image: Image) -> None:
+    """A constant channel (all zero, say) teaches the model nothing: refuse it, naming the file."""
+    for c, channel in enumerate(as_czyx(image.data, image.axes)):
+        if channel.min() == channel.max():
+            which = f"channel {c}: " if "C" in image.axes else ""
+            raise ConfocalizeError(
+                f"{image.path}: {which}every pixel is {channel.flat[0]}, a constant image teaches the model nothing; "
+                "leave this pair out or check how it was exported"
+            )
+
+
+def _normalised_czyx(image: Image, norm: NormalizationConfig) -> np.ndarray:
+    """``(C, Z, Y, X)`` float32, each channel normalised over its whole stack."""
+    return np.stack([percentile_normalization(c, norm.low, norm.high).apply(c) for c in as_czyx(image.data, image.axes)])
+
+
+def _suffix(axes: str, group: list[int], z: int) -> str:
+    """``_c1`` for a channel on its own, ``_z3`` for a plane of a stack (nothing for joint channels or 2D)."""
+    return (f"_c{group[0]}" if "C" in axes and len(group) == 1 else "") + (f"_z{z}" if "Z" in axes else "")
+
+
+def sample_channels(images: Sequence[PairImages]) -> tuple[int, int]:
+    """The LQ input and HQ target channels shared by all samples: the model's in and out channels."""
+    counts = sorted({(im.lq.shape[0], im.hq.shape[0]) for im in images})
+    if len(counts) != 1:
+        raise ConfocalizeError(
+            f"pairs give samples with different channels (in, out): {counts}; with data.channels 'joint' "
+            "every pair needs the same number of channels"
+        )
+    return counts[0]
 
 
 def _rng(*keys: int) -> np.random.Generator:

@@ -7,8 +7,10 @@ class ConfocalizeError(Exception):
     """A problem with the user's input or environment.
 
     The message is one line that names the file (or setting) and says how to fix it. The CLI
-    prints it without a traceback and exits with code 2.
+    prints it without a traceback and exits with :attr:`exit_code` (2: a user error).
     """
+
+    exit_code: int = 2
 
 
 class RegistrationError(ConfocalizeError):

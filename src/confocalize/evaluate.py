@@ -1,14 +1,17 @@
 """Per-image metrics, medians, a CSV/JSON record and a figure for LQ and generated images against HQ.
 
 Every number comes from :func:`confocalize.metrics.compare` (each image percentile-normalised on
-its own, ``data_range=1``), plain and after the affine intensity match. A multi-plane image is
-compared plane by plane (each plane a 2D image) and scored by the mean over its planes; medians are
+its own, ``data_range=1``), plain and after the affine intensity match. A multi-plane image (a
+stack, or several channels) is compared plane by plane (each plane a 2D image): its per-stack score
+is the mean over its planes, and the per-slice scores go to ``metrics_slices.csv``; medians are
 taken over images. Written into the output folder, each file atomically:
 
 * ``metrics.json``: ``median``, ``median_affine`` (``{"lq_vs_hq": {...}, "generated_vs_hq": {...}}``),
   ``relative_change`` (generated vs LQ, plain medians), ``per_image``, ``normalisation``,
   ``data_range``, ``n_images``. Extra methods (baselines) add ``NAME_vs_hq`` entries beside them.
 * ``metrics.csv``: one row per image, every method, plain and affine.
+* ``metrics_slices.csv`` (only when some image has several planes): the same, one row per plane,
+  named like the training samples (``NAME_c0_z3``).
 * ``figure.png``: one row per field of view (first image of each): methods | HQ | error.
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +73,17 @@ def evaluate_pairs(
     sources = {**({GENERATED: predictions} if predictions is not None else {}), **(baselines or {})}
     methods = [LQ, *sources]
     per_image: list[dict[str, Any]] = []
+    per_slice: list[dict[str, Any]] = []
     panels: list[_Panel] = []
     for pair in pairs:
         lq = read_image(pair.lq, pixel_size=lq_pixel_size)
         hq = read_image(pair.hq).data
         images = {LQ: lq.data, **{method: _lookup(arrays, pair, method) for method, arrays in sources.items()}}
-        scores = {method: _score(image, hq, pair, method) for method, image in images.items()}
+        plane_scores = {method: _plane_scores(image, hq, pair, method) for method, image in images.items()}
+        scores = {method: _mean_scores(s) for method, s in plane_scores.items()}
         per_image.append(_image_record(pair, scores))
+        for i, label in enumerate(_plane_labels(lq.axes, lq.data.shape)):
+            per_slice.append(_image_record(replace(pair, name=pair.name + label), {m: s[i] for m, s in plane_scores.items()}))
         if len(panels) < figure_fields and pair.field not in {p.field for p in panels}:
             planes = {m: _display_plane(a, lq.axes) for m, a in images.items()}
             panels.append(_Panel(pair.name, pair.field, planes, _display_plane(hq, lq.axes), scores, lq.pixel_size))
@@ -84,6 +91,8 @@ def evaluate_pairs(
     out = Path(out_dir)
     write_json(out / "metrics.json", result)
     _write_csv(out / "metrics.csv", per_image, methods)
+    if len(per_slice) > len(per_image):
+        _write_csv(out / "metrics_slices.csv", per_slice, methods)
     if panels:
         _write_figure(out / "figure.png", panels)
     return result
@@ -143,14 +152,26 @@ def _lookup(arrays: Mapping[str, np.ndarray], pair: PairPaths, method: str) -> n
     return np.asarray(arrays[pair.name])
 
 
-def _score(image: np.ndarray, hq: np.ndarray, pair: PairPaths, method: str) -> Scores:
-    """``compare`` per 2D plane, averaged over planes: ``{"plain": {...}, "affine": {...}}``."""
+def _plane_scores(image: np.ndarray, hq: np.ndarray, pair: PairPaths, method: str) -> list[Scores]:
+    """``compare`` per 2D plane: ``[{"plain": {...}, "affine": {...}}, ...]``."""
     if image.shape != hq.shape:
         raise ConfocalizeError(
             f"{pair.hq}: shape {hq.shape} differs from the {method} image's {image.shape}; use registered pairs on one grid"
         )
-    planes = [metrics.compare(p, t) for p, t in zip(_planes(image), _planes(hq))]
+    return [metrics.compare(p, t) for p, t in zip(_planes(image), _planes(hq))]
+
+
+def _mean_scores(planes: list[Scores]) -> Scores:
+    """The mean over planes of each metric, plain and affine."""
     return {v: {m: float(np.mean([s[v][m] for s in planes])) for m in metrics.METRIC_NAMES} for v in VARIANTS}
+
+
+def _plane_labels(axes: str, shape: tuple[int, ...]) -> list[str]:
+    """Name suffixes of the planes in :func:`_planes` order: ``_c0_z0``, ``_c0_z1``, ... (``""`` for a 2D image)."""
+    sizes = {ax: shape[axes.index(ax)] if ax in axes else 0 for ax in "CZ"}
+    cs = [f"_c{c}" for c in range(sizes["C"])] or [""]
+    zs = [f"_z{z}" for z in range(sizes["Z"])] or [""]
+    return [c + z for c in cs for z in zs]
 
 
 def _planes(data: np.ndarray) -> np.ndarray:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +31,8 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.float32, np.float64)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+MAX_MAGNITUDE = 1e38  # larger values overflow the float32 arithmetic of normalisation and networks
+_TIFF_DAMAGE = re.compile(r"invalid .*offset|truncat|failed to read|unexpected end", re.IGNORECASE)  # in tifffile's warnings
 _MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
 
 
@@ -53,9 +57,9 @@ class Image:
 
 
 def image_stem(path: Path) -> str:
-    """File name without its image suffixes (``.ome.tif``, ``.tif``, ``.png`` ...)."""
+    """File name without its image suffixes (``.ome.tif``, ``.tif``, ``.png``, ``.ome.zarr`` ...)."""
     name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES, ".ome.zarr", ".zarr"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -98,7 +102,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: flo
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]:
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_warnings() as warned, tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ConfocalizeError(f"{path}: not a readable TIFF (no image data found); re-export or re-copy it")
             series = tif.series[0]
@@ -108,9 +112,40 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]
     except ConfocalizeError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files
-        raise ConfocalizeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}); re-export or re-copy it") from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfocalizeError(f"{path}: not a readable TIFF ({type(exc).__name__}: {reason}); re-export or re-copy it") from None
+    damage = next((m for m in warned if _TIFF_DAMAGE.search(m)), None)
+    if damage is not None:  # tifffile read what it could of a truncated file: planes or metadata are missing
+        raise ConfocalizeError(f"{path}: damaged or truncated TIFF ({damage.splitlines()[0]}); re-export or re-copy it")
     data, axes = _canonical_axes(data, axes)
     return data, axes, px, z_step
+
+
+class _Collect(logging.Handler):
+    """A logging handler that keeps the messages instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_warnings() -> Iterator[list[str]]:
+    """Collect tifffile's logged warnings for the block (they would print as multi-line noise)."""
+    log = logging.getLogger("tifffile")
+    handler, propagate, level = _Collect(), log.propagate, log.level
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.WARNING)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+        log.setLevel(level)
 
 
 def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
@@ -182,14 +217,25 @@ def _canonical_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
 
 
 def _check_data(path: Path, data: np.ndarray) -> np.ndarray:
-    if data.dtype.kind == "b" or data.dtype.kind == "c" or data.dtype.type not in SUPPORTED_DTYPES:
+    if data.dtype.type not in SUPPORTED_DTYPES:
         raise ConfocalizeError(f"{path}: pixel type {data.dtype} is not supported; save as 8/16/32-bit integer or 32-bit float")
-    if data.ndim < 2 or data.shape[-1] < 2 or data.shape[-2] < 2:
-        raise ConfocalizeError(f"{path}: image of shape {data.shape} is too small; need at least 2x2 pixels")
-    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise ConfocalizeError(f"{path}: {bad} pixels are NaN or Inf; replace them (e.g. with the background) first")
+    check_pixels(str(path), data)
     return data
+
+
+def check_pixels(where: str, data: np.ndarray) -> None:
+    """Refuse, in one line naming ``where``, pixels no model can use: not real numbers, under 2x2, NaN/Inf or huge."""
+    if data.dtype.kind not in "uif":
+        raise ConfocalizeError(f"{where}: pixel type {data.dtype} is not supported; save as 8/16/32-bit integer or 32-bit float")
+    if data.ndim < 2 or data.shape[-1] < 2 or data.shape[-2] < 2:
+        raise ConfocalizeError(f"{where}: image of shape {data.shape} is too small; need at least 2x2 pixels")
+    if data.dtype.kind != "f":
+        return
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise ConfocalizeError(f"{where}: {bad} pixels are NaN or Inf; replace them (e.g. with the background) first")
+    if np.abs(data).max() > MAX_MAGNITUDE:
+        raise ConfocalizeError(f"{where}: pixel values up to {np.abs(data).max():.3g} exceed ±{MAX_MAGNITUDE:g}; rescale the image")
 
 
 def _check_axes(path: Path, data: np.ndarray, axes: str) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 EPS = 1e-8
+PERCENTILE_SAMPLES = 1 << 20  # values an inference-time percentile estimate reads at most (see percentile_sample)
+Array = TypeVar("Array")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,16 @@ def percentile_normalization(x: np.ndarray, low: float = 1.0, high: float = 99.8
     if hi <= lo:  # constant (or nearly) image: fall back to its full range
         lo, hi = float(np.min(x)), float(np.max(x))
     return Normalization(float(lo), float(hi))
+
+
+def percentile_sample(x: Array, max_samples: int = PERCENTILE_SAMPLES) -> Array:
+    """Every ``s``-th row and column of ``x`` (all planes), ``s`` the smallest stride leaving about ``max_samples`` values.
+
+    ``x`` itself when it is no larger. Slicing only: numpy, zarr and dask arrays give a view or a lazy
+    array, so an image larger than memory is never loaded to estimate its percentiles.
+    """
+    stride = max(1, math.ceil(math.sqrt(math.prod(x.shape) / max_samples)))  # type: ignore[attr-defined]
+    return x[..., ::stride, ::stride]  # type: ignore[index]
 
 
 def normalize(x: np.ndarray, low: float = 1.0, high: float = 99.8, clip: bool = False) -> np.ndarray:

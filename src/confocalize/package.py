@@ -72,6 +72,7 @@ class _Description(Strict):
     generator: GeneratorConfig
     in_channels: int = Field(ge=1)
     out_channels: int = Field(ge=1)
+    context_slices: int = Field(0, ge=0, description="2.5D: z-planes on each side in the input (confocalize.stacks)")
     normalization: NormalizationConfig
     lq_pixel_size_um: float | None = Field(gt=0)
     provenance: Provenance
@@ -87,6 +88,7 @@ class ModelPackage:
     normalization: NormalizationConfig
     in_channels: int = 1
     out_channels: int = 1
+    context_slices: int = 0  # 2.5D: z-planes on each side fed with each plane (see confocalize.stacks)
     lq_pixel_size: float | None = None  # µm of the LQ images it was trained on
     provenance: Provenance = field(default_factory=Provenance)
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # set -> metric -> value
@@ -123,9 +125,19 @@ def manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, "files": hashes, "sha256": package_hash}
 
 
+def content_sha256(package: ModelPackage) -> str:
+    """The hash :func:`save_package` would record for ``package`` as it is now (edits since loading included)."""
+    return json.loads(_members(package)[MANIFEST])["sha256"]
+
+
+def weights_bytes(package: ModelPackage) -> bytes:
+    """The generator's state dict as safetensors bytes (the package's weights file)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in package.generator.state_dict().items()}
+    return save_safetensors(state, metadata={"format": "pt"})
+
+
 def _members(package: ModelPackage) -> dict[str, bytes]:
     """The package's files by name, manifest last."""
-    state = {k: v.detach().cpu().contiguous() for k, v in package.generator.state_dict().items()}
     description = _Description(
         format_version=FORMAT_VERSION,
         confocalize_version=__version__,
@@ -133,14 +145,16 @@ def _members(package: ModelPackage) -> dict[str, bytes]:
         generator=package.generator_config,
         in_channels=package.in_channels,
         out_channels=package.out_channels,
+        context_slices=package.context_slices,
         normalization=package.normalization,
         lq_pixel_size_um=package.lq_pixel_size,
         provenance=package.provenance,
         metrics=package.metrics,
     )
+    plain_2d = {"context_slices"} if package.context_slices == 0 else None  # 2D packages stay as before 2.5D existed
     files = {
-        DESCRIPTION: (description.model_dump_json(indent=2) + "\n").encode(),
-        WEIGHTS: save_safetensors(state, metadata={"format": "pt"}),
+        DESCRIPTION: (description.model_dump_json(indent=2, exclude=plain_2d) + "\n").encode(),
+        WEIGHTS: weights_bytes(package),
     }
     return {**files, MANIFEST: _json_bytes(manifest(files))}
 
@@ -162,6 +176,7 @@ def load_package(source: str | os.PathLike) -> ModelPackage:
         normalization=desc.normalization,
         in_channels=desc.in_channels,
         out_channels=desc.out_channels,
+        context_slices=desc.context_slices,
         lq_pixel_size=desc.lq_pixel_size_um,
         provenance=desc.provenance,
         metrics=desc.metrics,
@@ -282,6 +297,7 @@ def package_summary(package: ModelPackage) -> dict[str, dict[str, Any]]:
             **package.generator_config.model_dump(),
             "in_channels": package.in_channels,
             "out_channels": package.out_channels,
+            "context_slices": package.context_slices,
             "parameters": sum(p.numel() for p in gen.parameters()),
             "receptive_field_px": gen.receptive_field,
             "normalization": f"percentiles {package.normalization.low} - {package.normalization.high}",

@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
+from confocalize.batch import PER_FILE_ERRORS, BatchSummary, Ledger
 from confocalize.errors import ConfocalizeError
-from confocalize.io import Image, image_stem, list_images, read_image, write_image
+from confocalize.io import Image, check_pixels, image_stem, list_images, read_image, write_image
 from confocalize.nets import UNet
-from confocalize.normalize import normalize
-from confocalize.package import ModelPackage
+from confocalize.normalize import percentile_normalization, percentile_sample
+from confocalize.package import ModelPackage, content_sha256
+from confocalize.stacks import as_czyx, model_groups, network_input
 
 # One 1024x1024 tile per forward pass needs about 1 GB for the default generator (depth 4, 32 channels),
 # the memory of four 512x512 tiles, but wastes far less of it on halos (depth 4: 112 px per inner edge).
@@ -162,29 +164,26 @@ def enhance_image(
     """Enhance one image of any axes; returns float32 in the model's output units (normalised HQ, ~0..1).
 
     Each channel is normalised with the package's percentiles over its whole stack (not per plane,
-    so that dim out-of-focus planes stay dim), then every plane goes through :func:`predict_array`.
-    With a single-input-channel model every channel is enhanced on its own; a model with
-    ``in_channels == C`` takes all channels together. Axes, pixel size, z step and path are kept
+    so that dim out-of-focus planes stay dim; estimated on :func:`~confocalize.normalize.percentile_sample`,
+    exact up to a million values), then every plane goes through :func:`predict_array` with its input
+    planes as :mod:`confocalize.stacks` describes: every channel on its own or all together, with the
+    package's ``context_slices`` neighbouring planes (2.5D). Axes, pixel size, z step and path are kept
     (a C axis is added only if the model makes several output channels). See :func:`check_fit` for
     ``resample``: the image is then enhanced on the model's pixel grid and brought back to its own.
     """
     where = str(image.path) if image.path is not None else "image"
-    if image.data.shape[-1] < 2 or image.data.shape[-2] < 2:
-        raise ConfocalizeError(f"{where}: image of shape {image.data.shape} is too small; need at least 2x2 pixels")
+    check_pixels(where, image.data)
     czyx = as_czyx(image.data, image.axes)
-    n_channels = czyx.shape[0]
-    if package.in_channels not in (1, n_channels):
-        raise ConfocalizeError(
-            f"{where}: has {n_channels} channel(s) but the model takes {package.in_channels}; "
-            "give images with that many channels (or check --axes)"
-        )
+    groups = model_groups(czyx.shape[0], package.in_channels, package.context_slices, where)
     zoom = check_fit(package, image, resample)
     if zoom is not None:
         czyx = _resize_yx(czyx, [zoom * n for n in czyx.shape[-2:]])
     low, high = package.normalization.low, package.normalization.high
-    normalised = np.stack([normalize(channel, low, high) for channel in czyx])
-    groups = [normalised] if package.in_channels == n_channels else [c[None] for c in normalised]
-    result = np.concatenate([_predict_stack(package.generator, g, tile, batch_size) for g in groups])
+    normalised = np.stack([percentile_normalization(percentile_sample(c), low, high).apply(c) for c in czyx])
+    k = package.context_slices
+    result = np.concatenate([_predict_stack(package.generator, normalised, g, k, tile, batch_size) for g in groups])
+    if not np.all(np.isfinite(result)):  # never hand on garbage: NaN weights, or an overflow inside the network
+        raise ConfocalizeError(f"{where}: the model's output holds NaN/Inf; its weights are unusable, retrain it or use another model")
     if zoom is not None:
         result = _resize_yx(result, image.data.shape[-2:])
     return image.with_data(*_from_czyx(result, image.axes))
@@ -220,15 +219,12 @@ def _resize_yx(czyx: np.ndarray, shape: Sequence[float]) -> np.ndarray:
     return resize(czyx, (*czyx.shape[:2], *size), order=1, mode="reflect", preserve_range=True).astype(np.float32)
 
 
-def _predict_stack(generator: UNet, czyx: np.ndarray, tile: int, batch_size: int) -> np.ndarray:
-    """``(C, Z, Y, X)`` -> ``(C_out, Z, Y, X)``, plane by plane."""
-    return np.stack([predict_array(generator, czyx[:, z], tile, batch_size) for z in range(czyx.shape[1])], axis=1)
-
-
-def as_czyx(data: np.ndarray, axes: str) -> np.ndarray:
-    """View of ``data`` with all four axes C, Z, Y, X (missing ones of length 1)."""
-    shape = [data.shape[axes.index(ax)] if ax in axes else 1 for ax in "CZYX"]
-    return data.reshape(shape)
+def _predict_stack(
+    generator: UNet, czyx: np.ndarray, channels: list[int], context: int, tile: int, batch_size: int
+) -> np.ndarray:
+    """``channels`` of a ``(C, Z, Y, X)`` array -> ``(C_out, Z, Y, X)``, plane by plane."""
+    inputs = (network_input(czyx, channels, z, context) for z in range(czyx.shape[1]))
+    return np.stack([predict_array(generator, x, tile, batch_size) for x in inputs], axis=1)
 
 
 def _from_czyx(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
@@ -251,29 +247,44 @@ def enhance_files(
     tile: int = DEFAULT_TILE,
     batch_size: int = DEFAULT_BATCH,
     resample: bool = False,
-) -> list[Path]:
-    """Enhance image files and folders into ``out_dir/NAME.ome.tif`` (atomically); returns the written paths.
+    keep_going: bool | None = None,
+) -> BatchSummary:
+    """Enhance image files and folders into ``out_dir/NAME.ome.tif`` (atomically); returns what was done.
 
     Outputs keep the input's axes, pixel size and z step (``pixel_size``/``axes`` fill in or override
     the file's); ``resample`` as in :func:`enhance_image`. ``uint16`` maps the model's [0, 1] to
     [0, 65535], clipping values outside.
     Refuses, before writing anything, to overwrite an input or to map two inputs to one output.
+    Outputs already complete from an earlier run are skipped, verified by their checksum sidecar
+    (see :mod:`confocalize.batch`). ``keep_going`` (default: on when an input is a folder) records a
+    file that cannot be read or enhanced in the summary's ``failed`` and goes on; otherwise it raises.
+    The summary, as a sequence, is the list of complete outputs.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
     files = list_images(inputs)
     targets = _output_paths(files, Path(out_dir))
+    keep_going = any(Path(item).is_dir() for item in inputs) if keep_going is None else keep_going
+    ledger = Ledger(content_sha256(package), {"dtype": dtype, "axes": axes, "pixel_size": pixel_size, "resample": resample})
     for done, (src, dst) in enumerate(zip(files, targets), start=1):
-        result = enhance_image(package, read_image(src, axes=axes, pixel_size=pixel_size), tile, batch_size, resample)
-        write_image(dst, _to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
+        if not ledger.complete(src, dst):
+            try:
+                result = enhance_image(package, read_image(src, axes=axes, pixel_size=pixel_size), tile, batch_size, resample)
+            except PER_FILE_ERRORS as exc:
+                if not keep_going:
+                    raise
+                ledger.fail(src, exc)
+            else:
+                write_image(dst, _to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
+                ledger.wrote(src, dst)
         if progress is not None:
             progress(done, len(files))
-    return targets
+    return ledger.summary()
 
 
-def _output_paths(files: list[Path], out_dir: Path) -> list[Path]:
-    """``out_dir/NAME.ome.tif`` per input; an error if one is an input or two coincide."""
-    targets = [out_dir / f"{image_stem(f)}.ome.tif" for f in files]
+def _output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") -> list[Path]:
+    """``out_dir/NAME.ome.tif`` (or another ``suffix``) per input; an error if one is an input or two coincide."""
+    targets = [out_dir / f"{image_stem(f)}{suffix}" for f in files]
     sources = {f.resolve(): f for f in files}
     seen: dict[Path, Path] = {}
     for src, dst in zip(files, targets):

@@ -38,8 +38,11 @@ from torch.utils.data import DataLoader
 
 from confocalize import __version__
 from confocalize.config import TrainConfig, dump_config
-from confocalize.data import CentralCrops, PairedPatches, PairImages, load_pairs, split_by_field, split_summary, write_split
+from confocalize.data import (
+    CentralCrops, PairedPatches, PairImages, load_pairs, sample_channels, split_by_field, split_summary, write_split,
+)  # fmt: skip
 from confocalize.errors import ConfocalizeError
+from confocalize.guards import AtomicCheckpointIO, training_guards
 from confocalize.metrics import compare
 from confocalize.nets import PatchGAN, UNet
 from confocalize.package import ModelPackage, Provenance, TrainingData, build_generator, save_package
@@ -88,7 +91,8 @@ def uses_discriminator(config: TrainConfig) -> bool:
 def architecture(config: TrainConfig) -> dict[str, Any]:
     """Network settings that must agree between a checkpoint and the module that resumes it."""
     d = config.discriminator.model_dump(mode="json") if uses_discriminator(config) else None
-    return {"generator": config.generator.model_dump(mode="json"), "discriminator": d}
+    channels = {"channels": config.data.channels, "context_slices": config.data.context_slices}
+    return {"generator": config.generator.model_dump(mode="json"), "discriminator": d, **channels}
 
 
 class Pix2Pix(L.LightningModule):
@@ -96,17 +100,19 @@ class Pix2Pix(L.LightningModule):
 
     Generator loss: ``l1_weight * L1 + ssim_weight * (1 - SSIM) + adv_weight * adversarial``;
     discriminator loss ``0.5 * (real + fake)``. With ``adv_weight == 0`` there is no
-    discriminator: an L1 (+SSIM) U-Net, the CARE baseline with the same generator.
+    discriminator: an L1 (+SSIM) U-Net, the CARE baseline with the same generator. ``channels`` are
+    the generator's input and output channels (:func:`confocalize.data.sample_channels`).
     """
 
-    def __init__(self, config: TrainConfig | dict[str, Any]) -> None:
+    def __init__(self, config: TrainConfig | dict[str, Any], channels: tuple[int, int] = (1, 1)) -> None:
         super().__init__()
         self.cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
-        self.save_hyperparameters({"config": self.cfg.model_dump(mode="json")})
+        self.save_hyperparameters({"config": self.cfg.model_dump(mode="json"), "channels": list(channels)})
         self.automatic_optimization = False
-        self.generator: UNet = build_generator(self.cfg.generator)
+        self.generator: UNet = build_generator(self.cfg.generator, *channels)
         d_cfg = self.cfg.discriminator
-        self.discriminator = PatchGAN(2, d_cfg.base_channels, d_cfg.n_layers) if uses_discriminator(self.cfg) else None
+        d_in = sum(channels)  # the discriminator judges the LQ input and the HQ (real or fake) together
+        self.discriminator = PatchGAN(d_in, d_cfg.base_channels, d_cfg.n_layers) if uses_discriminator(self.cfg) else None
 
     @property
     def n_optimizers(self) -> int:
@@ -132,7 +138,8 @@ class Pix2Pix(L.LightningModule):
             return F.mse_loss(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """One D step (with a discriminator) and one G step; returns the detached losses (for the guards)."""
         lq, hq = batch
         opts = self.optimizers()
         opt_g, opt_d = (opts, None) if self.discriminator is None else opts
@@ -154,6 +161,7 @@ class Pix2Pix(L.LightningModule):
             self.manual_backward(g_loss)
             opt_g.step()
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=lq.shape[0])
+        return logs
 
     def _generator_loss(
         self, lq: torch.Tensor, hq: torch.Tensor, fake: torch.Tensor, logs: dict[str, torch.Tensor]
@@ -181,8 +189,8 @@ class Pix2Pix(L.LightningModule):
         lq, hq = batch
         pred = self.generator(lq).float().cpu().numpy()
         target = hq.float().cpu().numpy()
-        for p, t in zip(pred, target, strict=True):
-            scores = compare(p[0], t[0])["plain"]
+        for p, t in zip(pred.reshape(-1, *pred.shape[-2:]), target.reshape(-1, *target.shape[-2:]), strict=True):
+            scores = compare(p, t)["plain"]  # every channel of every image, as a 2D image
             self.log_dict({f"val/{k}": v for k, v in scores.items()}, on_epoch=True, batch_size=1, sync_dist=True, prog_bar=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -232,7 +240,8 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     pairs = collect_pairs(**_pairs_source(config), field_pattern=d.field_pattern)
     split = split_by_field(pairs, d.val_fraction, d.test_fraction, config.trainer.seed)
     train_images, val_images = load_pairs(split["train"], d), load_pairs(split["val"], d)
-    module = Pix2Pix(config)
+    channels = sample_channels(train_images + val_images)
+    module = Pix2Pix(config, channels)
     with _quiet_lightning():
         trainer = _trainer(config, module.n_optimizers, progress)
         if trainer.is_global_zero:
@@ -243,7 +252,7 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     best_val: dict[str, float] = {}
     if trainer.is_global_zero:
         provenance = _provenance(config, pairs, split, train_images + val_images)
-        best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images))
+        best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images), channels)
     return TrainResult(out, model_dir, best_val, split_summary(split), module.generator_steps, time.monotonic() - start)
 
 
@@ -312,7 +321,9 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         strategy=strategy,
         precision=t.precision,  # type: ignore[arg-type]
         logger=_loggers(Path(config.output_dir) / "logs"),
-        callbacks=[checkpoints, _ProgressBar()] if show_progress else [checkpoints],
+        callbacks=[*training_guards(t, Path(config.output_dir) / "checkpoints" / LAST, n_optimizers), checkpoints]
+        + ([_ProgressBar()] if show_progress else []),
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=config.output_dir,
     )
 
@@ -382,18 +393,22 @@ def _provenance(
 
 
 def _export(
-    config: TrainConfig, best: Path, model_dir: Path, provenance: Provenance, pixel_size: float | None
-) -> dict[str, float]:
+    config: TrainConfig, best: Path, model_dir: Path, provenance: Provenance, pixel_size: float | None,
+    channels: tuple[int, int],
+) -> dict[str, float]:  # fmt: skip
     """Save the generator of ``best`` as a model package; return its validation metrics."""
     ckpt = _read_checkpoint(best)
     prefix = "generator."
-    generator = build_generator(config.generator)
+    generator = build_generator(config.generator, *channels)
     generator.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     val = ckpt.get("confocalize", {}).get("val", {})
     package = ModelPackage(
         generator=generator.eval(),
         generator_config=config.generator,
         normalization=config.data.normalization,
+        in_channels=channels[0],
+        out_channels=channels[1],
+        context_slices=config.data.context_slices,
         lq_pixel_size=pixel_size,
         provenance=provenance,
         metrics={"val": val},

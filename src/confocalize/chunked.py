@@ -1,0 +1,277 @@
+"""Chunked enhance with dask: images larger than memory on one machine, many files or huge images on a cluster.
+
+:func:`enhance_lazy` is :func:`confocalize.predict.enhance_image` as a dask graph. For every output
+plane and channel group, the network input (:func:`confocalize.stacks.network_input`) is cut into
+chunks of ``chunk`` pixels whose edges lie on the generator's down-sampling grid (``chunk`` is
+rounded up to a multiple of ``generator.multiple``). Each chunk goes through
+:func:`~confocalize.predict.predict_array` with :func:`~confocalize.predict.default_halo` pixels of
+its neighbours around it (dask's overlap with boundary ``"none"``: image edges stay edges), then the
+halo is trimmed. Chunk origins, the halo and predict_array's own tiles all lie on that grid and every
+kept pixel has a full halo of real context, so the result equals predict_array on the whole image up
+to float rounding.
+
+By default a chunk with its halo is exactly one network tile (``chunk = tile - 2 * halo``), so each
+task is one forward pass and the work is that of predict_array's own tiling.
+
+Normalisation is enhance_image's: each channel over its whole stack, with the percentiles of
+:func:`~confocalize.normalize.percentile_sample` (exact up to about a million values, a regular
+subsample beyond), computed in a first pass over the data.
+
+Workers get the generator as :class:`GeneratorWeights` (settings and safetensors bytes, sent once per
+worker), never as a pickled module; each worker process builds it once and runs one chunk at a time
+through it. :func:`enhance_to_zarr` writes files as OME-Zarr: on a ``dask.distributed`` client all
+files at once, or without one in this process one task after another, so memory holds a few chunks
+whatever the size of the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask
+import dask.array as da
+import numpy as np
+from safetensors.torch import load as load_safetensors
+
+from confocalize.config import GeneratorConfig, NormalizationConfig
+from confocalize.errors import ConfocalizeError
+from confocalize.io import Image, list_images
+from confocalize.lazyio import is_zarr, open_lazy, write_ome_zarr
+from confocalize.nets import UNet
+from confocalize.normalize import Normalization, percentile_normalization, percentile_sample
+from confocalize.package import ModelPackage, build_generator, weights_bytes
+from confocalize.predict import (
+    DEFAULT_BATCH, DEFAULT_TILE, OutputDtype, Progress, _from_czyx, _output_paths, _round_up, _to_dtype, check_fit,
+    default_halo, predict_array,
+)  # fmt: skip
+from confocalize.stacks import as_czyx, model_groups, network_input
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+ZARR_OUTPUT = ".ome.zarr"
+
+
+@dataclass(frozen=True)
+class GeneratorWeights:
+    """What a worker needs to rebuild a package's generator: settings (JSON), channels and safetensors weights."""
+
+    config: str
+    in_channels: int
+    out_channels: int
+    weights: bytes
+
+    @classmethod
+    def of(cls, package: ModelPackage) -> GeneratorWeights:
+        return cls(package.generator_config.model_dump_json(), package.in_channels, package.out_channels, weights_bytes(package))
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_generator(weights: GeneratorWeights) -> tuple[UNet, threading.Lock]:
+    """The generator of ``weights``, built once per process, and the lock that lets one chunk at a time through it."""
+    generator = build_generator(GeneratorConfig.model_validate_json(weights.config), weights.in_channels, weights.out_channels)
+    generator.load_state_dict(load_safetensors(weights.weights))
+    return generator.eval(), threading.Lock()
+
+
+def _enhance_chunk(x: np.ndarray, weights: GeneratorWeights, tile: int, batch_size: int) -> np.ndarray:
+    """One dask task: :func:`predict_array` on a chunk of network input with its halo."""
+    generator, lock = _worker_generator(weights)
+    with lock:
+        return predict_array(generator, x, tile, batch_size)
+
+
+def channel_normalizations(images: Sequence[Image], norm: NormalizationConfig, scheduler: Any = None) -> list[list[Normalization]]:
+    """Per image, each channel's normalisation over its stack, as enhance_image makes it (one dask pass for all images)."""
+    samples = [[percentile_sample(c) for c in as_czyx(_lazy(im.data), im.axes)] for im in images]
+    (computed,) = dask.compute(samples, scheduler=scheduler)
+    return [[percentile_normalization(s, norm.low, norm.high) for s in per_image] for per_image in computed]
+
+
+def _lazy(data: Any) -> da.Array:
+    """``data`` as a dask array (numpy arrays are wrapped, not copied)."""
+    return data if isinstance(data, da.Array) else da.from_array(data, chunks=-1)
+
+
+def enhance_lazy(
+    package: ModelPackage,
+    image: Image,
+    tile: int = DEFAULT_TILE,
+    chunk: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    normalizations: Sequence[Normalization] | None = None,
+) -> Image:
+    """:func:`~confocalize.predict.enhance_image` as a lazy dask graph; ``image.data`` may be numpy or dask.
+
+    Returns an :class:`Image` whose data is a dask array (float32, model output units) that nothing
+    has computed yet. ``chunk`` as :func:`chunk_size` says. ``normalizations`` (one per channel, from
+    :func:`channel_normalizations`) skip the pass that estimates them. The pixel size is checked (a
+    warning), never resampled.
+    """
+    where = str(image.path) if image.path is not None else "image"
+    if image.data.shape[-1] < 2 or image.data.shape[-2] < 2:
+        raise ConfocalizeError(f"{where}: image of shape {image.data.shape} is too small; need at least 2x2 pixels")
+    czyx = as_czyx(_lazy(image.data), image.axes)
+    groups = model_groups(czyx.shape[0], package.in_channels, package.context_slices, where)
+    check_fit(package, image)
+    norms = normalizations or channel_normalizations([image], package.normalization)[0]
+    normalised = da.stack([c.map_blocks(n.apply, dtype=np.float32) for c, n in zip(czyx, norms, strict=True)])
+    halo = default_halo(package.generator)
+    size = chunk_size(package.generator, tile, chunk)
+    yx_chunks = tuple(_axis_chunks(n, size, halo) for n in czyx.shape[-2:])
+    weights = dask.delayed(GeneratorWeights.of(package), pure=True)  # one graph key: sent once to each worker
+    k, n_out = package.context_slices, package.out_channels
+    planes = [
+        da.stack([_enhance_plane(network_input(normalised, g, z, k), weights, n_out, yx_chunks, halo, tile, batch_size)
+                  for z in range(czyx.shape[1])], axis=1)
+        for g in groups
+    ]  # fmt: skip
+    return image.with_data(*_from_czyx(da.concatenate(planes), image.axes))
+
+
+def chunk_size(generator: UNet, tile: int, chunk: int | None = None) -> int:
+    """Chunk edge in pixels: ``chunk`` (default ``tile - 2 * halo``: a chunk and its halo make one tile), on the grid, >= the halo."""
+    halo, m = default_halo(generator), generator.multiple
+    wanted = chunk if chunk is not None else (tile - 2 * halo) // m * m
+    return max(_round_up(wanted, m), halo, m)
+
+
+def _axis_chunks(length: int, size: int, halo: int) -> tuple[int, ...]:
+    """Chunks of ``size`` along an axis, the remainder last, merged into its neighbour if smaller than the halo."""
+    sizes = [size] * (length // size) + ([length % size] if length % size else [])
+    if len(sizes) > 1 and sizes[-1] < halo:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return tuple(sizes)
+
+
+def _enhance_plane(
+    x: da.Array, weights: Any, out_channels: int, yx_chunks: tuple[tuple[int, ...], ...], halo: int, tile: int,
+    batch_size: int,
+) -> da.Array:  # fmt: skip
+    """``(C_in, Y, X)`` dask input -> ``(C_out, Y, X)``: every chunk with its neighbours' halo, trimmed after."""
+    x = x.rechunk((-1, *yx_chunks))
+    depth = {0: 0, 1: halo if len(yx_chunks[0]) > 1 else 0, 2: halo if len(yx_chunks[1]) > 1 else 0}
+    padded = da.overlap.overlap(x, depth=depth, boundary="none")
+    chunks = ((out_channels,), *padded.chunks[1:])
+    out = padded.map_blocks(_enhance_chunk, weights, tile, batch_size, dtype=np.float32, chunks=chunks)
+    return da.overlap.trim_internal(out, depth, boundary="none")
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Zarr stores as they are, image files and folders as :func:`~confocalize.io.list_images` expands them."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        found.extend([item] if is_zarr(item) else list_images([item]))
+    return found
+
+
+def enhance_to_zarr(
+    package: ModelPackage,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    client: Client | None = None,
+    dtype: OutputDtype = "float32",
+    pixel_size: float | None = None,
+    axes: str | None = None,
+    tile: int = DEFAULT_TILE,
+    chunk: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Enhance TIFF and (OME-)Zarr images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
+
+    With a ``dask.distributed`` ``client`` every file's chunks run on its workers, all files at once;
+    without, they run in this process one task at a time (memory bounded by a few chunks). Outputs
+    keep axes, pixel size and z step; ``dtype``, ``pixel_size`` and ``axes`` as in
+    :func:`~confocalize.predict.enhance_files`; ``chunk`` as :func:`chunk_size` says (it is also the
+    Zarr chunk of the outputs). Each output appears complete or not at all.
+    """
+    if dtype not in ("float32", "uint16"):
+        raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
+    files = list_inputs(inputs)
+    targets = _output_paths(files, Path(out_dir), ZARR_OUTPUT)
+    size = chunk_size(package.generator, tile, chunk)
+    images = [open_lazy(f, axes, pixel_size, size) for f in files]
+    scheduler = client if client is not None else "synchronous"
+    norms = channel_normalizations(images, package.normalization, scheduler)
+    with _staging(targets) as staged:
+        jobs = []
+        for image, norm, tmp in zip(images, norms, staged, strict=True):
+            enhanced = enhance_lazy(package, image, tile, size, batch_size, norm)
+            output = enhanced.with_data(enhanced.data.map_blocks(_to_dtype, dtype, dtype=dtype))
+            jobs.append(write_ome_zarr(tmp, output))
+        for done, index in enumerate(_completed(jobs, client), start=1):
+            _publish(staged[index], targets[index])
+            if progress is not None:
+                progress(done, len(jobs))
+    return targets
+
+
+def _completed(jobs: list[da.Array], client: Client | None) -> Iterator[int]:
+    """Indices of ``jobs`` (dask writes) as they finish: all at once on ``client``, else one by one in this process."""
+    if client is None:
+        for index, write in enumerate(jobs):
+            write.compute(scheduler="synchronous")
+            yield index
+        return
+    from distributed import as_completed
+
+    futures = {client.compute(write): index for index, write in enumerate(jobs)}
+    for future in as_completed(futures):
+        future.result()  # raises the task's error here
+        yield futures[future]
+
+
+@contextlib.contextmanager
+def _staging(targets: list[Path]) -> Iterator[list[Path]]:
+    """A temporary folder beside each target; the ones not published are removed afterwards."""
+    staged: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)))
+        yield staged
+    except OSError as exc:
+        raise ConfocalizeError(f"{exc.filename}: cannot write here ({exc.strerror}); choose another output folder") from None
+    finally:
+        for tmp in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished output folder to ``target``, replacing an older output there."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
+    """A ``dask.distributed`` client of the scheduler at ``scheduler`` (``tcp://host:8786``), or of a new local
+    cluster of ``workers`` processes (default: one per CPU core) with one thread each."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfocalizeError(f"dask scheduler {scheduler}: cannot connect ({exc}); check the address") from None
+        with client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,158 @@
+"""Images larger than memory: lazy reading of TIFF and (OME-)Zarr as dask arrays, OME-Zarr writing.
+
+:func:`open_lazy` returns an :class:`~confocalize.io.Image` whose ``data`` is a dask array in the
+project's axes (YX, ZYX, CYX, CZYX) and reads nothing but metadata. Each chunk is read when a task
+needs it, by path, so the array can be sent to dask workers:
+
+* TIFF and OME-TIFF (first series, full resolution): uncompressed contiguous data is memory-mapped
+  and only the asked bytes are copied; compressed, striped or tiled data is read through tifffile's
+  Zarr view, strip by strip or tile by tile.
+* Zarr and OME-Zarr: OME-Zarr images (NGFF 0.4 or 0.5) by the first dataset their ``multiscales``
+  metadata lists, with axes and pixel size from it; a plain Zarr array with ``axes`` given (or 2D).
+
+:func:`write_ome_zarr` writes one resolution level as OME-Zarr (NGFF 0.5, via ``ome-zarr``) with
+axes, pixel size and z step. Nothing here checks pixel values (that would read everything).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+
+from confocalize.errors import ConfocalizeError
+from confocalize.io import SUPPORTED_DTYPES, TIFF_SUFFIXES, Image, _canonical_axes, _check_axes, _tiff_pixel_size, check_pixel_size
+
+ZARR_SUFFIX = ".zarr"
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+_MICRONS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6, "angstrom": 1e-4}
+
+
+def is_zarr(path: Path) -> bool:
+    """True for a Zarr store folder (``.zarr`` or holding Zarr metadata)."""
+    return path.is_dir() and (path.suffix.lower() == ZARR_SUFFIX or any((path / m).exists() for m in _ZARR_MARKERS))
+
+
+def open_lazy(path: str | os.PathLike, axes: str | None = None, pixel_size: float | None = None, chunk: int = 2048) -> Image:
+    """Open a TIFF or (OME-)Zarr image as a lazy :class:`Image` (dask data, ``chunk`` x ``chunk`` pixel chunks per plane).
+
+    ``axes`` overrides the file's axes and ``pixel_size`` (µm) its pixel size, as in :func:`confocalize.io.read_image`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfocalizeError(f"{path}: no such file or Zarr folder; check the path")
+    if is_zarr(path):
+        data, file_axes, px, z_step = _open_zarr(path, axes, chunk)
+    elif path.suffix.lower() in TIFF_SUFFIXES:
+        data, file_axes, px, z_step = _open_tiff(path, chunk)
+    else:
+        raise ConfocalizeError(f"{path}: not a TIFF or Zarr image; chunked enhance reads .tif, .ome.tif, .zarr and .ome.zarr")
+    if data.dtype.type not in SUPPORTED_DTYPES:
+        raise ConfocalizeError(f"{path}: pixel type {data.dtype} is not supported; save as 8/16/32-bit integer or 32-bit float")
+    data, file_axes = _canonical_axes(data, file_axes)
+    final_axes = _check_axes(path, data, axes.upper() if axes else file_axes)
+    px = check_pixel_size(pixel_size, str(path)) if pixel_size is not None else px
+    return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path)
+
+
+@dataclass(frozen=True)
+class TiffRegions:
+    """The first series of a TIFF as a small picklable array: each read opens the file and reads only what it asks."""
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with tifffile.TiffFile(self.path) as tif:
+            series = tif.series[0]
+            if series.dataoffset is not None:  # uncompressed and contiguous: map the file, copy the asked bytes
+                return np.array(tifffile.memmap(self.path, series=0, mode="r")[key])
+            with series.aszarr(level=0) as store:
+                return np.asarray(zarr.open_array(store, mode="r")[key])
+
+
+def _open_tiff(path: Path, chunk: int) -> tuple[da.Array, str, float | None, float | None]:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ConfocalizeError(f"{path}: not a readable TIFF (no image data found); re-export or re-copy it")
+            series = tif.series[0]
+            source = TiffRegions(path, tuple(series.shape), np.dtype(series.dtype))
+            axes = series.axes
+            px, z_step = _tiff_pixel_size(tif)
+    except ConfocalizeError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt or truncated files
+        raise ConfocalizeError(f"{path}: not a readable TIFF ({type(exc).__name__}); re-export or re-copy it") from None
+    chunks = tuple(chunk if ax in "YX" else 1 for ax in axes)
+    meta = np.empty((0,) * source.ndim, source.dtype)
+    return da.from_array(source, chunks=chunks, meta=meta, inline_array=True), axes, px, z_step  # the reader is tiny
+
+
+def _open_zarr(path: Path, axes: str | None, chunk: int) -> tuple[da.Array, str, float | None, float | None]:
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises many types for foreign or damaged stores
+        raise ConfocalizeError(f"{path}: not a readable Zarr store ({type(exc).__name__}); re-copy it") from None
+    if isinstance(node, zarr.Array):
+        if axes is None and node.ndim != 2:
+            raise ConfocalizeError(f"{path}: a plain Zarr array of shape {node.shape} has no axes; give them with --axes")
+        component, file_axes, px, z_step = "", axes or "YX", None, None
+    else:
+        component, file_axes, px, z_step = _ome_multiscale(path, dict(node.attrs))
+    array = node if component == "" else node[component]
+    chunks = tuple(chunk if ax in "YX" else 1 for ax in file_axes.upper()) if len(file_axes) == array.ndim else "auto"
+    return da.from_zarr(str(path), component=component or None, chunks=chunks), file_axes, px, z_step
+
+
+def _ome_multiscale(path: Path, attrs: dict[str, Any]) -> tuple[str, str, float | None, float | None]:
+    """Dataset path, axes, pixel size and z step (µm) of an OME-Zarr image's full resolution (NGFF 0.4 or 0.5)."""
+    multiscales = attrs.get("ome", attrs).get("multiscales")
+    if not multiscales:
+        raise ConfocalizeError(f"{path}: a Zarr group without OME-Zarr 'multiscales' metadata; give the image array itself")
+    first = multiscales[0]
+    names = [(a["name"] if isinstance(a, dict) else a).upper() for a in first.get("axes", [])]
+    units = [a.get("unit") if isinstance(a, dict) else None for a in first.get("axes", [])]
+    dataset = first["datasets"][0]
+    scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
+
+    def size(axis: str) -> float | None:
+        if scale is None or axis not in names or units[names.index(axis)] not in _MICRONS:
+            return None
+        return float(scale[names.index(axis)]) * _MICRONS[units[names.index(axis)]]
+
+    return dataset["path"], "".join(names), size("X"), size("Z")
+
+
+def write_ome_zarr(path: str | os.PathLike, image: Image) -> da.Array:
+    """Write ``image`` (dask data) as a single-resolution OME-Zarr at ``path``: metadata now, pixels when the result is computed.
+
+    The data's chunks, made regular, become the Zarr chunks. Computing the returned array writes
+    them and gives an empty array.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # ome-zarr deprecates its Scaler class on import
+        from ome_zarr.writer import write_image
+
+    data = image.data
+    data = data.rechunk(tuple(c[0] for c in data.chunks))
+    scale = {"C": 1.0, "Z": image.z_step or 1.0, "Y": image.pixel_size or 1.0, "X": image.pixel_size or 1.0}
+    known = {"Z": image.z_step, "Y": image.pixel_size, "X": image.pixel_size}
+    (write,) = write_image(
+        data, str(path), axes=image.axes.lower(), scale_factors=[],
+        scale={ax.lower(): scale[ax] for ax in image.axes},
+        axes_units={ax.lower(): "micrometer" for ax in image.axes if known.get(ax) is not None}, compute=False,
+    )  # fmt: skip
+    return write
