@@ -214,4 +214,3 @@ def summary_rows(records: Sequence[PairRecord]) -> tuple[list[str], list[list[st
 
 def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
     return "" if value is None else pattern.format(value)
-

@@ -3,19 +3,21 @@
 Conventions: a transform is a 3x3 matrix on homogeneous pixel coordinates ``(x = column, y = row, 1)``
 with pixel centres at integers; ``lq_from_hq`` maps HQ pixel coordinates to LQ pixel coordinates.
 
-Method, all lengths in LQ pixels:
+Method, all lengths in LQ pixels. Images are compared after a difference-of-Gaussians band-pass,
+which removes wide-field haze and most noise, with normalised cross-correlation (NCC):
 
 1. Scale from the two pixel sizes.
-2. Coarse: for each flip and each rotation of a sweep, the masked normalised cross-correlation
-   (Padfield) of band-passed images (difference of Gaussians, which removes wide-field haze and noise)
-   on a coarse grid gives the best shift. The winner must stand out from the best *distinct*
-   alternative (another flip, rotation or shift), else the pair is ambiguous.
-3. Fine: the 6 affine parameters maximise the band-passed NCC (L-BFGS with its analytic gradient),
-   coarse to fine, each level with a finer band-pass.
-4. Optional bead mode: point sources in both images, matched near the intensity solution, affine
+2. Coarse: for each flip and each rotation of a sweep, the masked NCC (Padfield) over all shifts on
+   a coarse grid; the best few distinct placements become hypotheses.
+3. Fine: each hypothesis is refined coarse to fine, the 6 affine parameters maximising the NCC by
+   Gauss-Newton steps (ECC). The best plausible fit must clearly beat the best distinct one.
+4. The finer image is blurred to match the other (a wide-field image is blurrier than a confocal
+   one; unmatched, the fit trades scale and shear for sharpness) and the fit is refined once more.
+5. Optional bead mode: point sources in both images, matched near the intensity solution, affine
    fitted with RANSAC; the residual is reported in nm.
-5. Checks: overlap, plausible scale/shear/rotation and an NCC above chance, else
-   :class:`RegistrationError`; a wrong transform is never returned silently.
+6. Checks, else :class:`RegistrationError`: overlap, plausible scale/shear/rotation, no ambiguity,
+   a jackknife standard error below ``max_uncertainty_px`` and an NCC far above chance (Fisher z
+   with the effective number of independent pixels). A wrong transform is never returned knowingly.
 """
 
 from __future__ import annotations
@@ -27,25 +29,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.fft
 from pydantic import Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 from skimage.measure import ransac
-from skimage.registration._masked_phase_cross_correlation import cross_correlate_masked
 from skimage.transform import AffineTransform
 
 from confocalize.config import Strict
 from confocalize.errors import ConfocalizeError, RegistrationError
-from confocalize.io import Image, atomic_write
+from confocalize.io import AXES, Image, atomic_write
 
 DOG_RATIO = 2.5  # outer / inner sigma of the difference-of-Gaussians band-pass
-HQ_MIN_SIGMA = 0.5  # finest band-pass scale in HQ pixels
+HQ_MIN_SIGMA = 0.5  # the finest band-pass is at least this many HQ pixels (matters for ratios above 4)
 EDGE = 1.5  # band-passed pixels closer than EDGE outer sigmas to an image edge are not compared
 FIX = "check that both show the same field and the pixel sizes (--lq-pixel-size/--hq-pixel-size)"
-MIN_LEVEL_PIXELS = 24
+MIN_LEVEL_PIXELS = 24  # a pyramid level keeps at least this many pixels along each image side
+MIN_SIDE = 16  # pixels: smaller images are refused outright
+JACKKNIFE_SIDE = 3  # the jackknife drops, in turn, each of JACKKNIFE_SIDE**2 interleaved sets of blocks
 MAX_ITERATIONS = 50  # Gauss-Newton steps per refinement
-CONVERGED = 1e-3  # grid pixels: a smaller step ends a refinement  # a pyramid level keeps at least this many pixels along each image side
+CONVERGED = 1e-3  # grid pixels: a smaller step ends a refinement
 
 
 class RegistrationOptions(Strict):
@@ -63,15 +67,24 @@ class RegistrationOptions(Strict):
     max_shear: float = Field(0.08, ge=0, lt=1, description="refuse a fitted shear or anisotropy above this")
     min_ncc: float = Field(0.15, gt=0, lt=1, description="refuse a band-passed NCC after registration below this")
     min_z: float = Field(7.0, gt=0, description="refuse unless the NCC is this many chance standard deviations (Fisher z) above 0")
-    min_ncc_ratio: float = Field(1.5, ge=1, description="the fit's Fisher z (atanh NCC) must beat the best distinct alternative's by this factor")
-    max_uncertainty_px: float = Field(0.3, gt=0, description="refuse a fit whose jackknife standard error exceeds this (LQ pixels RMS)")
+    min_ncc_ratio: float = Field(1.15, ge=1, description="the fit's Fisher z (atanh NCC) must beat the best distinct alternative's by this factor")
+    max_uncertainty_px: float = Field(0.25, gt=0, description="refuse a fit whose jackknife standard error exceeds this (LQ pixels RMS)")
     hypotheses: int = Field(3, ge=2, le=10, description="distinct coarse placements refined and compared")
     min_beads: int = Field(6, ge=3, description="bead mode: least number of matched beads")
 
 
 @dataclass
 class Registration:
-    """The HQ image on the LQ grid, where it is valid, and how it got there."""
+    """The HQ image on the LQ grid, where it is valid, and how it got there.
+
+    ``quality``: ``ncc_before`` (band-passed NCC with the pixel-size scaling only), ``ncc_after``,
+    ``z_score`` (Fisher z of ``ncc_after`` against chance), ``ncc_fit`` and ``ncc_alternative`` (best
+    fit and best distinct alternative before blur matching), ``uncertainty_px`` (jackknife standard
+    error, LQ pixels RMS), ``lq_extra_blur_px`` (Gaussian sigma by which LQ is blurrier than HQ),
+    ``overlap_fraction`` (of the smaller footprint), ``rotation_deg``, ``flip``, ``scale`` (LQ pixels
+    per HQ pixel), ``scale_error`` (against the pixel sizes), ``anisotropy``, ``shear``,
+    ``bead_residual_nm`` (bead mode) and ``status``.
+    """
 
     hq_on_lq: np.ndarray  # float32, HQ's non-spatial axes + LQ's YX shape; 0 outside the overlap
     axes: str  # of hq_on_lq (the HQ image's axes)
@@ -83,13 +96,16 @@ class Registration:
 
 @dataclass(frozen=True)
 class _Grid:
-    """A band-passed image sampled every ``factor`` pixels of its original grid (block means).
+    """A band-passed image on a grid of ``factor`` original pixels per grid pixel.
+
+    ``factor`` is a whole number (block means) or ``1 / n`` (an ``n`` times finer spline grid); grid
+    pixels tile the original ones, so grid pixel ``i`` is centred at original ``factor * i + (factor - 1) / 2``.
 
     ``sigma`` is the inner band-pass scale in pixels of this grid.
     """
 
     image: np.ndarray
-    factor: int
+    factor: float
     sigma: float
 
     def to_level(self, xy: np.ndarray) -> np.ndarray:
@@ -129,15 +145,22 @@ class _Candidate:
 
 
 def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = None) -> Registration:
-    """Register ``hq`` onto the grid of ``lq``; raise :class:`RegistrationError` when not confident."""
+    """Register ``hq`` onto the grid of ``lq``; raise :class:`RegistrationError` when not confident.
+
+    Multi-plane images register on a projection (maximum over Z, sum of normalised channels) and
+    every plane of ``hq`` is resampled with the one transform. Raises :class:`ConfocalizeError` for
+    unusable input (one pixel size missing, NaN, too small).
+    """
     opts = options or RegistrationOptions()
     names = f"{_label(lq)} vs {_label(hq)}"
+    for image in (lq, hq):
+        _check_input(image)
     scale = pixel_ratio(lq, hq)
     lq2, hq2 = projection(lq), projection(hq)
     levels = _pyramid(lq2, hq2, scale, opts)
     starts = _coarse_search(levels[0], scale, lq2.shape, hq2.shape, opts)
     if not starts:
-        raise RegistrationError(f"{names}: no placement overlaps by {opts.min_overlap:.0%}; {FIX}")
+        raise RegistrationError(f"{names}: no placement overlapping by {opts.min_overlap:.0%} correlates at all (blank image?); {FIX}")
     fits = [_refine_levels(levels, c.lq_from_hq, opts.max_points) for c in starts]
     plausible = [_Candidate(_ncc(levels[-1], m, opts.max_points), m) for m in fits if _implausible(m, scale, opts) is None]
     if not plausible:
@@ -149,7 +172,7 @@ def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = No
         "ncc_fit": best.ncc,
         "ncc_alternative": rivals[0].ncc if rivals else 0.0,
         "lq_extra_blur_px": blur,
-        "uncertainty_px": _jackknife(fine, lq_from_hq, opts.max_points, hq2.shape, lq2.shape),
+        "uncertainty_px": _jackknife(fine, lq_from_hq, opts.max_points, math.hypot(fine.sigma, blur), hq2.shape, lq2.shape),
     }
     if opts.beads:
         lq_from_hq, residual_px = _bead_fit(lq2, hq2, lq_from_hq, scale, opts, names)
@@ -159,6 +182,19 @@ def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = No
     _check(quality, lq_from_hq, scale, opts, names)
     hq_on_lq = resample(hq.data, lq_from_hq, lq2.shape) * overlap
     return Registration(hq_on_lq.astype(np.float32), hq.axes, overlap, largest_rectangle(overlap), lq_from_hq, quality)
+
+
+def _check_input(image: Image) -> None:
+    """Raise :class:`ConfocalizeError` for an image that cannot be registered at all."""
+    data, label = image.data, _label(image)
+    if image.axes not in AXES or data.ndim != len(image.axes):
+        raise ConfocalizeError(f"{label}: axes '{image.axes}' do not fit an array of shape {data.shape}; give matching --axes")
+    if data.dtype.kind not in "uif":
+        raise ConfocalizeError(f"{label}: pixel type {data.dtype} cannot be registered; save as integer or float")
+    if min(data.shape[-2:]) < MIN_SIDE:
+        raise ConfocalizeError(f"{label}: {data.shape[-2]}x{data.shape[-1]} pixels is too small to register; need {MIN_SIDE} or more per side")
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise ConfocalizeError(f"{label}: holds NaN or Inf pixels; replace them (e.g. with the background) first")
 
 
 def pixel_ratio(lq: Image, hq: Image) -> float:
@@ -283,7 +319,7 @@ def random_lq_from_hq(
     rotation, maybe a flip, and the image centres apart by up to ``max_shift`` of the LQ field."""
     sx, sy = scale * (1 + rng.uniform(-max_distortion, max_distortion, 2))
     linear = np.array([[sx, sy * rng.uniform(-max_distortion, max_distortion), 0], [0, sy, 0], [0, 0, 1]])
-    mirror = np.diag([-1.0, 1.0, 1.0]) if allow_flip and rng.random() < 0.5 else np.eye(3)
+    mirror = _mirror(allow_flip and rng.random() < 0.5)
     direction = rng.uniform(0, 2 * math.pi)
     shift = max_shift * min(lq_shape) * math.sqrt(rng.uniform()) * np.array([math.cos(direction), math.sin(direction)])
     rotation = _rotation(math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg)))
@@ -311,8 +347,8 @@ def synthetic_pair(
     hq_data = base[y0 : y0 + hq_side, x0 : x0 + hq_side]
     lq_shape = (int(round(field * scale)),) * 2
     truth = random_lq_from_hq(rng, scale, lq_shape, hq_data.shape) if lq_from_hq is None else lq_from_hq
-    sharp = resample(base.astype(np.float32), truth @ _translation(np.array([-x0, -y0], float)), lq_shape, order=1)
-    sharp = (sharp - sharp.min()) / max(float(np.ptp(sharp)), 1e-12)
+    sharp = np.clip(resample(base.astype(np.float32), truth @ _translation(np.array([-x0, -y0], float)), lq_shape), 0, None)
+    sharp /= max(float(sharp.max()), 1e-12)
     psf = ndimage.gaussian_filter(sharp, rng.uniform(1.0, 2.0))
     hazy = psf + rng.uniform(0.5, 1.5) * ndimage.gaussian_filter(sharp, 15.0) + 0.1
     counts = rng.poisson(hazy * rng.uniform(50, 500)) + rng.normal(100, 3, lq_shape)
@@ -338,29 +374,39 @@ def _pyramid(lq: np.ndarray, hq: np.ndarray, scale: float, opts: RegistrationOpt
     return levels[::-1]
 
 
-def _factors(scale: float, sigma: float, sigma_px: float) -> tuple[int, int]:
-    """Block sizes of LQ and HQ for a band-pass at ``sigma`` LQ pixels (at least ``sigma_px`` grid pixels)."""
+def _factors(scale: float, sigma: float, sigma_px: float) -> tuple[int, float]:
+    """Grid factors of LQ and HQ for a band-pass at ``sigma`` LQ pixels (at least ``sigma_px`` grid pixels).
+
+    An HQ image with pixels larger than the LQ grid's is put on a finer spline grid, so that linear
+    interpolation between its grid pixels stays accurate.
+    """
     lq_factor = max(1, int(sigma / sigma_px))
-    return lq_factor, max(1, int(lq_factor / scale))
+    ratio = lq_factor / scale
+    return lq_factor, float(int(ratio)) if ratio >= 1 else 1 / math.ceil(1 / ratio)
 
 
 def _level(lq: np.ndarray, hq: np.ndarray, scale: float, sigma: float, sigma_px: float) -> _Level:
-    """Both images block-averaged and band-passed at ``sigma`` LQ pixels."""
+    """Both images on their grids for ``sigma`` and band-passed at ``sigma`` LQ pixels."""
     f, g = _factors(scale, sigma, sigma_px)
     return _Level(_grid(lq, f, sigma / f), _grid(hq, g, sigma / (scale * g)), sigma)
 
 
-def _grid(image: np.ndarray, factor: int, sigma: float, blur: float = 0.0) -> _Grid:
-    """``image`` block-averaged by ``factor``, blurred by ``blur`` and band-passed at ``sigma`` (pixels of the result)."""
-    return _Grid(_bandpass(_block_mean(image, factor), sigma, blur), factor, sigma)
+def _grid(image: np.ndarray, factor: float, sigma: float, blur: float = 0.0) -> _Grid:
+    """``image`` on a grid of ``factor``, blurred by ``blur`` and band-passed at ``sigma`` (pixels of the grid)."""
+    return _Grid(_bandpass(_regrid(image, factor), sigma, blur), factor, sigma)
 
 
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor`` x ``factor`` blocks (edge remainder dropped)."""
-    if factor == 1:
+def _regrid(image: np.ndarray, factor: float) -> np.ndarray:
+    """Means over ``factor`` x ``factor`` blocks (edge remainder dropped), or a cubic spline on a finer grid."""
+    if factor < 1:
+        n = round(1 / factor)
+        rows, cols = (np.arange(size * n) * factor + (factor - 1) / 2 for size in image.shape)
+        return ndimage.map_coordinates(image, np.meshgrid(rows, cols, indexing="ij"), order=3, mode="nearest")
+    f = int(factor)
+    if f == 1:
         return image
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
+    return image[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
 
 
 def _bandpass(image: np.ndarray, sigma: float, blur: float = 0.0) -> np.ndarray:
@@ -379,33 +425,68 @@ def _coarse_search(
     """The best ``opts.hypotheses`` distinct placements (flip, rotation, shift) by masked NCC, best first."""
     steps = int(math.floor(opts.max_rotation_deg / opts.angle_step_deg + 1e-9))
     angles = np.linspace(-steps, steps, 2 * steps + 1) * opts.angle_step_deg
+    guesses = [
+        _translation(_centre(lq_shape)) @ _rotation(math.radians(angle)) @ _mirror(flip) @ np.diag([scale, scale, 1]) @ _translation(-_centre(hq_shape))
+        for flip in ((False, True) if opts.allow_flip else (False,))
+        for angle in angles
+    ]
+    canvases = [_canvas(level, guess, hq_shape) for guess in guesses]
     lq_mask = level.lq.inside(_grid_xy(level.lq.image.shape)).reshape(level.lq.image.shape)
-    found: list[_Candidate] = []
-    for flip in (False, True) if opts.allow_flip else (False,):
-        for angle in angles:
-            similarity = _rotation(math.radians(angle)) @ _mirror(flip) @ np.diag([scale, scale, 1])
-            guess = _translation(_centre(lq_shape)) @ similarity @ _translation(-_centre(hq_shape))
-            found.extend(_shift_candidates(level, lq_mask, guess, hq_shape, opts.min_overlap))
+    correlate = _MaskedNcc(level.lq.image, lq_mask, tuple(np.max([c[0].shape for c in canvases], axis=0)))
+    radius = max(1, int(round(level.lq.sigma)))
+    found = []
+    for guess, (canvas, valid, origin) in zip(guesses, canvases):
+        ncc = correlate(canvas, valid, opts.min_overlap)
+        for row, col in peak_local_max(ncc, min_distance=radius, num_peaks=3, exclude_border=False):
+            shift = np.array([col - (canvas.shape[1] - 1), row - (canvas.shape[0] - 1)], float) - origin  # LQ grid pixels
+            found.append(_Candidate(float(ncc[row, col]), _translation(shift * level.lq.factor) @ guess))
     return _distinct(found, DOG_RATIO * level.sigma, hq_shape, lq_shape, opts.hypotheses)
 
 
-def _shift_candidates(level: _Level, lq_mask: np.ndarray, guess: np.ndarray, hq_shape: tuple[int, int], min_overlap: float) -> list[_Candidate]:
-    """The top NCC peaks over all shifts of the HQ image placed by ``guess`` (rotation and flip fixed)."""
+def _canvas(level: _Level, guess: np.ndarray, hq_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Band-passed HQ placed by ``guess`` on an LQ-grid canvas around it: image, valid mask, (x, y) origin."""
     h, w = hq_shape
     corners = level.lq.to_level(_apply(guess, np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1]], float)))
     origin = np.floor(corners.min(axis=1))
     shape = tuple(int(n) for n in (np.ceil(corners.max(axis=1)) - origin + 1)[::-1])
-    canvas_xy = _grid_xy(shape) + origin[:, None]  # LQ grid coordinates where ``guess`` puts the canvas pixels
-    hq_xy = level.hq.to_level(_apply(np.linalg.inv(guess), level.lq.to_full(canvas_xy)))
+    hq_xy = level.hq.to_level(_apply(np.linalg.inv(guess), level.lq.to_full(_grid_xy(shape) + origin[:, None])))
     canvas = ndimage.map_coordinates(level.hq.image, [hq_xy[1], hq_xy[0]], order=1, mode="nearest").reshape(shape)
-    valid = level.hq.inside(hq_xy).reshape(shape)
-    ncc = cross_correlate_masked(level.lq.image, canvas, lq_mask, valid, mode="full", axes=(0, 1), overlap_ratio=min_overlap)
-    radius = max(1, int(round(level.lq.sigma)))
-    out = []
-    for row, col in peak_local_max(ncc, min_distance=radius, num_peaks=3, exclude_border=False):
-        shift = np.array([col - (shape[1] - 1), row - (shape[0] - 1)], float) - origin  # LQ grid pixels
-        out.append(_Candidate(float(ncc[row, col]), _translation(shift * level.lq.factor) @ guess))
-    return out
+    return canvas, level.hq.inside(hq_xy).reshape(shape), origin
+
+
+class _MaskedNcc:
+    """Masked normalised cross-correlation (Padfield 2012) of one fixed image with many moving ones.
+
+    The fixed image's spectra are computed once. ``result[k]`` pairs moving pixel ``m`` with fixed
+    pixel ``m + k - (moving.shape - 1)``, as ``mode="full"`` of skimage's ``cross_correlate_masked``.
+    """
+
+    def __init__(self, fixed: np.ndarray, fixed_mask: np.ndarray, max_moving_shape: tuple[int, ...]) -> None:
+        self.fixed_shape = fixed.shape
+        self.shape = tuple(scipy.fft.next_fast_len(a + b - 1, real=True) for a, b in zip(fixed.shape, max_moving_shape))
+        mask = fixed_mask.astype(np.float64)
+        image = fixed * mask
+        self.image, self.squared, self.mask = (scipy.fft.rfft2(x, self.shape) for x in (image, image * image, mask))
+
+    def __call__(self, moving: np.ndarray, moving_mask: np.ndarray, min_overlap: float) -> np.ndarray:
+        """NCC for every shift whose overlap is at least ``min_overlap`` of the largest (0 elsewhere)."""
+        mask = moving_mask[::-1, ::-1].astype(np.float64)
+        image = moving[::-1, ::-1] * mask
+        spectra = [scipy.fft.rfft2(x, self.shape) for x in (image, image * image, mask)]
+        out_shape = tuple(a + b - 1 for a, b in zip(self.fixed_shape, moving.shape))
+
+        def inverse(product: np.ndarray) -> np.ndarray:
+            return scipy.fft.irfft2(product, self.shape)[: out_shape[0], : out_shape[1]]
+
+        pairs = np.maximum(np.round(inverse(self.mask * spectra[2])), 1.0)
+        sum_fixed, sum_moving = inverse(self.image * spectra[2]), inverse(self.mask * spectra[0])
+        numerator = inverse(self.image * spectra[0]) - sum_fixed * sum_moving / pairs
+        var_fixed = np.maximum(inverse(self.squared * spectra[2]) - sum_fixed**2 / pairs, 0)
+        var_moving = np.maximum(inverse(self.mask * spectra[1]) - sum_moving**2 / pairs, 0)
+        denominator = np.sqrt(var_fixed * var_moving)
+        ncc = np.where(denominator > 1e-9 * denominator.max(), numerator / np.maximum(denominator, 1e-300), 0.0)
+        ncc[pairs < min_overlap * pairs.max()] = 0.0
+        return np.clip(ncc, -1, 1)
 
 
 def _distinct(
@@ -444,14 +525,15 @@ class _NccObjective:
     than BLAS calls: on a busy machine, multithreaded BLAS on these short vectors is many times slower.
     """
 
-    def __init__(self, level: _Level, lq_from_hq: np.ndarray, max_points: int, leave_out: int | None = None) -> None:
+    def __init__(self, level: _Level, lq_from_hq: np.ndarray, max_points: int, leave_out: tuple[float, int] | None = None) -> None:
         lq_img = level.lq.image
         stride = max(1, math.ceil(math.sqrt(lq_img.size / max_points)))
         grid_xy = _grid_xy(lq_img.shape, stride)
         keep = level.lq.inside(grid_xy)
-        if leave_out is not None:  # drop one of 4 interleaved sets of blocks a few band-pass scales wide
-            bx, by = (np.floor(v / (2 * DOG_RATIO * level.lq.sigma)) % 2 for v in grid_xy)
-            keep &= bx + 2 * by != leave_out
+        if leave_out is not None:  # drop one of JACKKNIFE_SIDE**2 interleaved sets of square blocks
+            block, drop = leave_out
+            bx, by = (np.floor(v / block) % JACKKNIFE_SIDE for v in level.lq.to_full(grid_xy))
+            keep &= bx + JACKKNIFE_SIDE * by != drop
         grid_xy = grid_xy[:, keep]
         self.reference = lq_img[grid_xy[1].astype(int), grid_xy[0].astype(int)].astype(np.float64)
         self.points = level.lq.to_full(grid_xy)
@@ -523,36 +605,46 @@ def _match_blur(
 
     The blur is a Gaussian sigma in LQ pixels, negative when HQ is the blurrier one. A wide-field
     image is blurrier than its confocal partner; comparing them unmatched biases the fitted scale
-    and shear towards making structures look alike. Estimated on a window of the overlap.
+    and shear towards making structures look alike. The blur is read from the ratio of the
+    cross-spectrum to the HQ power spectrum on a window of the overlap: LQ noise, uncorrelated with
+    HQ, drops out of the cross-spectrum (maximising the NCC instead would over-blur a noisy LQ).
     """
     f, g = level.lq.factor, level.hq.factor
     a, b, mask = _compared(level, lq_from_hq, *_window(level, lq_from_hq, max_points))
-    blurs = level.sigma * np.linspace(-2.0, 2.0, 17)
-    mask = ndimage.binary_erosion(mask, iterations=int(2 * np.abs(blurs).max() / f) + 1)
     if mask.sum() < 100:
         return level, 0.0
-    scores = [_masked_ncc(ndimage.gaussian_filter(a, max(e, 0) / f), ndimage.gaussian_filter(b, max(-e, 0) / f), mask) for e in blurs]
-    blur = _parabola_peak(blurs, np.array(scores))
+    taper = ndimage.gaussian_filter(mask.astype(np.float64), level.lq.sigma) * mask
+    a, b = ((x - x[mask].mean()) * taper for x in (a, b))
+    spectra = [scipy.fft.rfft2(x) for x in (a, b)]
+    fy, fx = scipy.fft.fftfreq(a.shape[0])[:, None], scipy.fft.rfftfreq(a.shape[1])[None, :]
+    rings = np.minimum((np.hypot(fx, fy) * 2 * min(a.shape)).astype(int), min(a.shape))  # radial bins
+    cross = np.bincount(rings.ravel(), (spectra[1] * spectra[0].conj()).real.ravel())
+    power = np.bincount(rings.ravel(), (np.abs(spectra[0]) ** 2).ravel())
+    k2 = np.bincount(rings.ravel(), np.broadcast_to(fx**2 + fy**2, rings.shape).ravel()) / np.maximum(np.bincount(rings.ravel()), 1)
+    ratio = cross / np.maximum(power, 1e-30)
+    use = (power > 0.05 * power.max()) & (ratio > 0.05)
+    if use.sum() < 3:
+        return level, 0.0
+    slope = np.polyfit(k2[use], np.log(ratio[use]), 1, w=np.sqrt(power[use]))[0]  # ln(h_lq / h_hq) = -2 pi^2 s^2 k^2
+    variance = -slope / (2 * math.pi**2) * f**2  # LQ pixels squared; negative: HQ is blurrier
+    blur = math.copysign(math.sqrt(min(abs(variance), (2 * level.sigma) ** 2)), variance)
     if blur >= 0:
         return replace(level, hq=_grid(hq, g, level.hq.sigma, blur / (scale * g))), blur
     return replace(level, lq=_grid(lq, f, level.lq.sigma, -blur / f)), blur
 
 
-def _parabola_peak(x: np.ndarray, y: np.ndarray) -> float:
-    """Where a parabola through the largest of evenly spaced samples and its neighbours peaks."""
-    k = int(np.argmax(y))
-    if not 0 < k < len(x) - 1:
-        return float(x[k])
-    lo, mid, hi = y[k - 1 : k + 2]
-    curvature = lo - 2 * mid + hi
-    return float(x[k] + (0.5 * (lo - hi) / curvature if curvature < 0 else 0.0) * (x[1] - x[0]))
+def _jackknife(
+    level: _Level, lq_from_hq: np.ndarray, max_points: int, sigma: float, hq_shape: tuple[int, int], lq_shape: tuple[int, int]
+) -> float:
+    """Jackknife standard error (LQ pixels RMS over the overlap) of the fit.
 
-
-def _jackknife(level: _Level, lq_from_hq: np.ndarray, max_points: int, hq_shape: tuple[int, int], lq_shape: tuple[int, int]) -> float:
-    """Jackknife standard error (LQ pixels RMS over the overlap) of the fit: refit without each of 4 block sets."""
-    fits = [_refine(level, lq_from_hq, max_points, k) for k in range(4)]
+    Refits without each of 9 interleaved sets of blocks, each block a few correlation lengths
+    (``sigma``, LQ pixels: the band-pass scale including any matching blur) wide.
+    """
+    sets = JACKKNIFE_SIDE**2
+    fits = [_refine(level, lq_from_hq, max_points, (2 * DOG_RATIO * sigma, k)) for k in range(sets)]
     mean = np.mean(fits, axis=0)
-    return math.sqrt(3 / 4 * sum(point_rms(f, mean, hq_shape, lq_shape) ** 2 for f in fits))
+    return math.sqrt((sets - 1) / sets * sum(point_rms(f, mean, hq_shape, lq_shape) ** 2 for f in fits))
 
 
 def _refine_levels(levels: list[_Level], lq_from_hq: np.ndarray, max_points: int) -> np.ndarray:
@@ -562,8 +654,8 @@ def _refine_levels(levels: list[_Level], lq_from_hq: np.ndarray, max_points: int
     return lq_from_hq
 
 
-def _refine(level: _Level, lq_from_hq: np.ndarray, max_points: int, leave_out: int | None = None) -> np.ndarray:
-    """Affine ``lq_from_hq`` maximising the band-passed NCC of one level (without block set ``leave_out``).
+def _refine(level: _Level, lq_from_hq: np.ndarray, max_points: int, leave_out: tuple[float, int] | None = None) -> np.ndarray:
+    """Affine ``lq_from_hq`` maximising the band-passed NCC of one level (without the blocks ``leave_out``).
 
     Gauss-Newton (ECC) steps, halved until the NCC improves, within a few band-pass scales of the start.
     """
@@ -598,7 +690,7 @@ def _chance_std(level: _Level, lq_from_hq: np.ndarray, max_points: int) -> float
     a, b, mask = _compared(level, lq_from_hq, slice(0, None, stride), slice(0, None, stride))
     a, b = ((x - x[mask].mean()) * mask for x in (a, b))
     padded = [2 * n for n in mask.shape]
-    s_a, s_b, pairs = (np.fft.irfft2(np.abs(np.fft.rfft2(x, padded)) ** 2, padded) for x in (a, b, mask.astype(np.float64)))
+    s_a, s_b, pairs = (scipy.fft.irfft2(np.abs(scipy.fft.rfft2(x, padded)) ** 2, padded) for x in (a, b, mask.astype(np.float64)))
     use = pairs > 0.25 * pairs[0, 0]
     return float(math.sqrt(max((s_a[use] * s_b[use] / pairs[use]).sum(), 0.0) / (s_a[0, 0] * s_b[0, 0])))
 
@@ -626,12 +718,6 @@ def _window(level: _Level, lq_from_hq: np.ndarray, max_points: int) -> tuple[sli
     half = int(math.sqrt(max_points)) // 2
     y, x = int(rows.mean() * stride), int(cols.mean() * stride)
     return slice(max(0, y - half), y + half), slice(max(0, x - half), x + half)
-
-
-def _masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """NCC of two images over ``mask``."""
-    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
-    return float((a * b).sum() / max(math.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
 
 
 def _z_score(ncc: float, chance_std: float) -> float:
@@ -717,7 +803,7 @@ def _measure(
         "z_score": _z_score(ncc_after, chance_std),
         "overlap_fraction": float(overlap.sum() / min(overlap.size, footprint)),
         **decompose(lq_from_hq),
-        "scale_error": _scale(lq_from_hq) / scale - 1,
+        "scale_error": float(_scale(lq_from_hq) / scale - 1),
         "status": "ok",
     }
 
