@@ -1,0 +1,134 @@
+"""What the benchmark scripts share: paths, the compared generators, machine facts, result files, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import platform
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from confocalize import package, train
+from confocalize.config import GeneratorConfig
+from confocalize.demo import DEMO_GENERATOR
+from confocalize.nets.reference import REFERENCE_GENERATOR, build_reference
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+
+# The compared generators: the TrainConfig default, the demo's compact one, and the reference pix2pix.
+DEFAULT = "default"
+COMPACT = "compact"
+REFERENCE = "reference"
+GENERATORS: dict[str, GeneratorConfig] = {DEFAULT: GeneratorConfig(), COMPACT: DEMO_GENERATOR, REFERENCE: REFERENCE_GENERATOR}
+LABELS = {
+    DEFAULT: "confocalize default (U-Net depth 4, base 32)",
+    COMPACT: "confocalize compact (demo: depth 4, base 16)",
+    REFERENCE: "reference pix2pix (unet_256, ngf 64)",
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    """A freshly initialised generator of one of :data:`GENERATORS` (seeded, eval mode)."""
+    torch.manual_seed(0)
+    cfg = GENERATORS[name]
+    return (build_reference(cfg) if name == REFERENCE else package.build_generator(cfg)).eval()
+
+
+@contextlib.contextmanager
+def architecture(name: str) -> Iterator[None]:
+    """Let ``train.fit``/``Pix2Pix`` and ``load_package`` build the reference U-Net for ``name == REFERENCE``.
+
+    Stand-in until ``GeneratorConfig`` has an ``architecture`` field that ``package.build_generator``
+    dispatches on; a package saved under it loads only inside this context.
+    """
+    if name != REFERENCE:
+        yield
+        return
+    with mock.patch.object(train, "build_generator", build_reference), mock.patch.object(package, "build_generator", build_reference):
+        yield
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's informational lines (accelerator found, tips) off the benchmark output."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, torch threads and versions, and the load average (other work skews timings)."""
+    return {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def commit() -> str:
+    """Short hash of the checked-out commit, read from ``.git`` (uncommitted changes are not seen)."""
+    git = REPO / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:7]
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()[:7]
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line[:7]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    """``benchmarks/results/NAME.json`` with the machine, date and commit added."""
+    doc = {"benchmark": name, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": commit(),
+           "machine": machine(), **results}  # fmt: skip
+    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A rich table on the terminal."""
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console(width=200).print(table)

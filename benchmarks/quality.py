@@ -1,0 +1,388 @@
+"""Quality: every method on the same held-out fields of view, scored by ``confocalize.metrics``.
+
+Tracks (each split by field of view, reported separately):
+
+A. W2S wide-field denoising: single frame -> 400-frame average, official split (fields 001-080
+   train, 081-120 test), all three channels.
+B. Deep-DSCM confocal -> STED (resolution gain across modalities): test fields Micro 4, 5 and
+   Mito 0, 1 are never seen in training.
+C. Cross-system wide-field -> confocal, simulated: the real HQ images of A and B are the objects of
+   :func:`confocalize.simulate.render_pair` (wide-field haze and blur, camera noise, another pixel
+   size, shift and rotation). Training pairs are registered with ``register_folder`` (what
+   ``confocalize register`` runs); test fields are scored against the noise-free confocal
+   rendering of the same object on the LQ grid.
+
+Methods: raw LQ; classical (Gaussian, non-local means, Richardson-Lucy; parameters tuned on training
+fields only, see :mod:`confocalize.baselines`); learned (L1-only U-Net, reference pix2pix,
+confocalize compact and default), each trained by ``train.fit`` for the same wall-time budget.
+Every score comes from :func:`confocalize.evaluate.evaluate_pairs`; resolution from the Fourier ring
+correlation against HQ (``resolution.py``).
+
+    python benchmarks/quality.py                        # full: ~60 min on 2 cores (3 min per model)
+    python benchmarks/quality.py --minutes-per-model 20 # a fairer chance for the learned models
+    python benchmarks/quality.py --quick                # smoke run of every path (~5 min)
+
+Writes ``benchmarks/results/quality.json`` and, per track, ``benchmarks/results/quality/TRACK/``
+(``metrics.json``, ``metrics.csv``, ``figure.png`` with one test field per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import COMPACT, DATA, DEFAULT, GENERATORS, LABELS, REFERENCE, RESULTS, architecture, print_table, quiet_lightning, write_results
+from confocalize import baselines
+from confocalize.config import DataConfig, LossConfig, TrainConfig, TrainerConfig
+from confocalize.evaluate import GENERATED, LQ, evaluate_pairs
+from confocalize.io import read_image, write_image
+from confocalize.metrics import METRIC_NAMES, NORMALISATION
+from confocalize.package import load_package
+from confocalize.pairs import PairPaths, collect_pairs, match_by_name, register_folder
+from confocalize.predict import enhance_image
+from confocalize.register import RegistrationOptions
+from confocalize.simulate import SimulationParams, object_from_image, render_pair
+from confocalize.train import fit
+from resolution import frc_resolution
+
+PATCH = 256  # training patch edge for every learned method (the reference U-Net needs 256)
+BATCH = 4
+VAL_FRACTION = 0.01  # one validation field: validation only runs once, when the budget is spent
+TUNING_CROP = 256  # classical parameters are tuned on central crops of this edge of training images
+DSCM_TEST = ("Micro_4", "Micro_5", "Mito_0", "Mito_1")
+SIM_PARAMS = SimulationParams(size=384, shift_range=(-1.0, 1.0))  # LQ 384 px at 0.1 µm, HQ at 0.07 µm, ±3°
+OBJECT_PIXEL_SIZE = {"A": 0.08, "B": 0.04}  # µm given to the real HQ images used as objects in track C
+
+
+@dataclass(frozen=True)
+class Track:
+    """Training and held-out test pairs of one data set, with what the classical methods need."""
+
+    name: str
+    title: str
+    train: list[PairPaths]
+    test: list[PairPaths]
+    pixel_size: float | None = None  # µm of the LQ grid, where known
+    psf: np.ndarray | None = None  # wide-field PSF for Richardson-Lucy; None: fit a Gaussian on training pairs
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A learned method: which generator, which losses."""
+
+    generator: str
+    loss: LossConfig
+    description: str
+
+
+LEARNED = {
+    "l1_unet": Learned(DEFAULT, LossConfig(adv_weight=0.0), "L1-only U-Net (CARE idea): the default generator, no discriminator"),
+    REFERENCE: Learned(REFERENCE, LossConfig(gan_mode="bce"), "reference pix2pix: unet_256 (ngf 64), 70x70 PatchGAN, L1 100, BCE GAN"),
+    COMPACT: Learned(COMPACT, LossConfig(), f"{LABELS[COMPACT]}: pix2pix losses as TrainConfig (L1 100, LSGAN)"),
+    DEFAULT: Learned(DEFAULT, LossConfig(), f"{LABELS[DEFAULT]}: TrainConfig defaults (L1 100, LSGAN)"),
+}
+CLASSICAL = ("gaussian", "nlm", "richardson_lucy")
+ORDER = (LQ, *CLASSICAL, *LEARNED)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def w2s_track(quick: bool) -> Track:
+    """Track A: W2S single frame -> 400-frame average, official split by field, all channels."""
+    root = DATA / "w2s_widefield"
+    train_fields = range(1, 4) if quick else range(1, 81)
+    test_fields = range(81, 82) if quick else range(81, 121)
+
+    def pairs(fields: range) -> list[PairPaths]:
+        names = [f"{f:03d}_{c}" for f in fields for c in range(3)]
+        return [PairPaths(n, n[:3], root / "avg1" / f"{n}.png", root / "avg400" / f"{n}.png") for n in names]
+
+    return Track("A", "W2S wide-field denoising: 1 frame -> 400-frame average", pairs(train_fields), pairs(test_fields),
+                 notes="pixel size not recorded in the files")  # fmt: skip
+
+
+def dscm_track(quick: bool) -> Track:
+    """Track B: Deep-DSCM confocal -> STED; microtubule and mitochondria test fields never seen."""
+    root = DATA / "dscm_confocal_sted"
+    names = [f"Micro_{i}" for i in range(1, 6)] + [f"Mito_{i}" for i in range(6)]
+    test = ("Micro_5", "Mito_1") if quick else DSCM_TEST
+
+    def pair(name: str) -> PairPaths:
+        kind, i = name.split("_")
+        return PairPaths(name, name, root / kind / f"{i}_Confocal.png", root / kind / f"{i}_STED.png")
+
+    return Track("B", "Deep-DSCM confocal -> STED", [pair(n) for n in names if n not in test], [pair(n) for n in test],
+                 notes="pixel size not recorded in the files")  # fmt: skip
+
+
+def simulated_track(a: Track, b: Track, work: Path, quick: bool, seed: int) -> Track:
+    """Track C: wide-field/confocal pairs rendered from the HQ images of A and B; training pairs registered."""
+    counts = {"train": (2, 1), "test": (1, 1)} if quick else {"train": (16, len(b.train)), "test": (8, len(b.test))}
+    sources = {
+        split: [("A", p) for p in _spread(getattr(a, split), n_a)] + [("B", p) for p in _spread(getattr(b, split), n_b)]
+        for split, (n_a, n_b) in counts.items()
+    }
+    root = work / "C"
+    for split, items in sources.items():
+        render_objects(items, root / split, target="hq" if split == "train" else "clean", seed=[seed, int(split == "test")])
+    records = register_folder(match_by_name(root / "train" / "lq", root / "train" / "hq"), root / "pairs", RegistrationOptions())
+    large = {r.name for r in records if r.status == "ok" and min(r.crop[2] - r.crop[0], r.crop[3] - r.crop[1]) >= PATCH}
+    train = [p for p in collect_pairs(pairs_dir=root / "pairs") if p.name in large]
+    test = [PairPaths(p.stem.removesuffix(".ome"), p.stem.removesuffix(".ome"), p, root / "test" / "clean" / p.name)
+            for p in sorted((root / "test" / "lq").glob("*.ome.tif"))]  # fmt: skip
+    notes = (f"{len(records)} training pairs registered, {len(train)} usable (status ok, overlap >= {PATCH} px); "
+             f"objects: W2S HQ at {OBJECT_PIXEL_SIZE['A']} µm/px, STED at {OBJECT_PIXEL_SIZE['B']} µm/px")  # fmt: skip
+    return Track("C", "simulated wide-field -> confocal (real HQ images as objects)", train, test,
+                 SIM_PARAMS.lq_pixel_size, baselines.widefield_psf(SIM_PARAMS), notes)  # fmt: skip
+
+
+def render_objects(items: Sequence[tuple[str, PairPaths]], out: Path, target: str, seed: list[int]) -> None:
+    """Render the HQ image of each (track, pair) as an object: ``out/lq`` (wide-field) and ``out/TARGET``.
+
+    ``target`` "hq" is the confocal camera image on its own grid, "clean" the noise-free confocal
+    rendering on the LQ grid.
+    """
+    for i, (track, pair) in enumerate(items):
+        volume, voxel = object_from_image(read_image(pair.hq).data, OBJECT_PIXEL_SIZE[track], SIM_PARAMS)
+        sim = render_pair(volume, voxel, SIM_PARAMS, np.random.default_rng([*seed, i]))
+        name = f"{track}_{pair.name}.ome.tif"
+        write_image(out / "lq" / name, sim.lq, "YX", SIM_PARAMS.lq_pixel_size)
+        if target == "hq":
+            write_image(out / "hq" / name, sim.hq, "YX", SIM_PARAMS.hq_pixel_size)
+        else:
+            write_image(out / "clean" / name, sim.hq_clean, "YX", SIM_PARAMS.lq_pixel_size)
+
+
+def _spread(pairs: Sequence[PairPaths], n: int) -> list[PairPaths]:
+    """``n`` pairs evenly spread over ``pairs`` (all of them if fewer)."""
+    if n >= len(pairs):
+        return list(pairs)
+    return [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, n)]
+
+
+# --- methods ------------------------------------------------------------------------------------
+
+
+def tuning_pairs(pairs: Sequence[PairPaths], n: int) -> list[baselines.Pair]:
+    """Central crops of ``n`` training pairs spread over the training fields (raw LQ, raw HQ)."""
+    out = []
+    for pair in _spread(pairs, n):
+        lq, hq = read_image(pair.lq).data, read_image(pair.hq).data
+        h, w = lq.shape
+        y0, x0 = max(0, (h - TUNING_CROP) // 2), max(0, (w - TUNING_CROP) // 2)
+        crop = (slice(y0, y0 + TUNING_CROP), slice(x0, x0 + TUNING_CROP))
+        out.append((lq[crop], hq[crop]))
+    return out
+
+
+def classical(track: Track, quick: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Tune each classical method on training crops, then apply it once to every test LQ."""
+    tuning = tuning_pairs(track.train, 2 if quick else 6)
+    psf_sigma = None if track.psf is not None else baselines.fit_gaussian_psf(tuning)
+    psf = track.psf if track.psf is not None else baselines.gaussian_psf(psf_sigma)
+    methods: dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]] = {
+        "gaussian": (baselines.gaussian, baselines.GAUSSIAN_GRID),
+        "nlm": (baselines.nlm, baselines.NLM_GRID[::4] if quick else baselines.NLM_GRID),
+        "richardson_lucy": (functools.partial(baselines.richardson_lucy, psf=psf), baselines.RL_GRID[:3] if quick else baselines.RL_GRID),
+    }
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    info: dict[str, Any] = {}
+    for name, (method, grid) in methods.items():
+        start = time.perf_counter()
+        tuned = baselines.tune(method, grid, tuning)
+        tuned_s = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs[name] = {p.name: method(read_image(p.lq).data, **tuned.params) for p in track.test}
+        info[name] = {
+            "params": tuned.params, "tuning_median_ssim": tuned.ssim, "grid": tuned.grid, "tuning_seconds": tuned_s,
+            "seconds_per_image": (time.perf_counter() - start) / len(track.test),
+        }  # fmt: skip
+    fitted = f"fitted Gaussian, sigma {psf_sigma} px"
+    info["richardson_lucy"]["psf"] = "simulator's wide-field optics (in focus)" if psf_sigma is None else fitted
+    info["tuning"] = {"pairs": len(tuning), "crop": TUNING_CROP, "objective": "median plain SSIM", "from": "training fields only"}
+    return outputs, info
+
+
+def learned(track: Track, work: Path, minutes: float, seed: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Train every learned method on the track's training pairs for ``minutes`` each; enhance the test LQ."""
+    csv_path = _pairs_csv(track.train, work / track.name / "train_pairs.csv")
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    info: dict[str, Any] = {}
+    for name, method in LEARNED.items():
+        cfg = TrainConfig(
+            output_dir=work / track.name / "runs" / name,
+            data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=VAL_FRACTION, test_fraction=0.0),
+            generator=GENERATORS[method.generator],
+            loss=method.loss,
+            trainer=TrainerConfig(max_steps=10**7, max_time_minutes=minutes, val_every_steps=10**7, seed=seed, progress_bar=False),
+        )  # fmt: skip
+        with architecture(method.generator):
+            result = fit(cfg, progress=False)
+            package = load_package(result.model_dir)
+        start = time.perf_counter()
+        outputs[name] = {p.name: enhance_image(package, read_image(p.lq)).data for p in track.test}
+        info[name] = {
+            "description": method.description, "generator": GENERATORS[method.generator].model_dump(),
+            "loss": method.loss.model_dump(), "steps": result.steps, "fit_seconds": result.seconds,
+            "val_fields": result.split["val"]["fields"], "seconds_per_image": (time.perf_counter() - start) / len(track.test),
+        }  # fmt: skip
+    return outputs, info
+
+
+def _pairs_csv(pairs: Sequence[PairPaths], path: Path) -> Path:
+    """A ``lq,hq,field`` CSV (absolute paths) that ``train.fit`` reads as its pair source."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["lq", "hq", "field"])
+        writer.writerows([p.lq.resolve(), p.hq.resolve(), p.field] for p in pairs)
+    return path
+
+
+# --- scores -------------------------------------------------------------------------------------
+
+
+def score(track: Track, outputs: Mapping[str, Mapping[str, np.ndarray]], figure_fields: int) -> dict[str, Any]:
+    """``evaluate_pairs`` on the test pairs (default model as "generated"), plus IQRs, relative changes and FRC."""
+    out_dir = RESULTS / "quality" / track.name
+    others = {name: arrays for name, arrays in outputs.items() if name != DEFAULT}
+    result = evaluate_pairs(track.test, outputs[DEFAULT], out_dir, track.pixel_size, figure_fields, baselines=others)
+    key = {LQ: f"{LQ}_vs_hq", DEFAULT: f"{GENERATED}_vs_hq", **{name: f"{name}_vs_hq" for name in others}}
+    hq = {p.name: read_image(p.hq).data for p in track.test}
+    images = {LQ: {p.name: read_image(p.lq).data for p in track.test}, **outputs}
+    methods = {}
+    for name in ORDER:
+        records = [r[key[name]] for r in result["per_image"]]
+        frc = [frc_resolution(images[name][p.name], hq[p.name], track.pixel_size) for p in track.test]
+        methods[name] = {
+            "median": result["median"][key[name]],
+            "iqr": {m: [float(np.percentile([r[m] for r in records], q)) for q in (25, 75)] for m in METRIC_NAMES},
+            "median_affine": result["median_affine"][key[name]],
+            "relative_change_vs_lq": _relative(result["median"][key[name]], result["median"][key[LQ]]),
+            "frc_resolution_px": float(np.median([f["px"] for f in frc])),
+            "frc_resolution_um": float(np.median([f["um"] for f in frc])) if track.pixel_size else None,
+        }
+    return {"methods": methods, "n_test_images": result["n_images"], "figure": out_dir / "figure.png", "metrics": out_dir / "metrics.json"}
+
+
+def _relative(values: Mapping[str, float], lq: Mapping[str, float]) -> dict[str, float | None]:
+    """``(method - LQ) / |LQ|`` per metric (the study's relative change)."""
+    return {m: (values[m] - lq[m]) / abs(lq[m]) if lq[m] and np.isfinite(lq[m]) else None for m in METRIC_NAMES}
+
+
+def comparisons(track: str, methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Margins of the learned models over the best classical method (per metric) and the reference."""
+    median = {name: m["median"] for name, m in methods.items()}
+    best_psnr = max(CLASSICAL, key=lambda n: median[n]["psnr"])
+    best_ssim = max(CLASSICAL, key=lambda n: median[n]["ssim"])
+    best = {"psnr": [best_psnr, median[best_psnr]["psnr"]], "ssim": [best_ssim, median[best_ssim]["ssim"]]}
+    out: dict[str, Any] = {"best_classical": best}
+    for name in (DEFAULT, COMPACT):
+        d_psnr = median[name]["psnr"] - median[best_psnr]["psnr"]
+        d_ssim = median[name]["ssim"] - median[best_ssim]["ssim"]
+        target = {"A": d_psnr >= 2.0 and d_ssim >= 0.03, "B": d_ssim >= 0.1}.get(track)
+        out[name] = {
+            "psnr_minus_best_classical": d_psnr, "ssim_minus_best_classical": d_ssim,
+            "ssim_minus_reference": median[name]["ssim"] - median[REFERENCE]["ssim"], "beats_classical_target": target,
+        }  # fmt: skip
+    return out
+
+
+def verdict(track: str, comp: Mapping[str, Any]) -> str:
+    """One plain sentence on whether the default model is worth shipping on this track."""
+    d = comp[DEFAULT]
+    (bp, vp), (bs, vs) = comp["best_classical"]["psnr"], comp["best_classical"]["ssim"]
+    margins = (f"{d['psnr_minus_best_classical']:+.2f} dB PSNR vs {bp} ({vp:.2f} dB), "
+               f"{d['ssim_minus_best_classical']:+.3f} SSIM vs {bs} ({vs:.3f})")  # fmt: skip
+    if d["beats_classical_target"] is None:
+        return f"Track {track}: default model {margins} (no target on this track)."
+    if d["beats_classical_target"]:
+        return f"Track {track}: the default model clearly beats the best classical method ({margins}): target met."
+    return (f"Track {track}: the default model does NOT clearly beat the best classical method ({margins}): "
+            "target not met; not worth shipping on this evidence.")  # fmt: skip
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def run_track(track: Track, work: Path, minutes: float, quick: bool, seed: int) -> dict[str, Any]:
+    """Classical and learned methods on one track, scored and printed."""
+    print(f"track {track.name}: {track.title}: {len(track.train)} training / {len(track.test)} test images")
+    classic, classic_info = classical(track, quick)
+    trained, learned_info = learned(track, work, minutes, seed)
+    scores = score(track, {**classic, **trained}, figure_fields=4)
+    comp = comparisons(track.name, scores["methods"])
+    summary = {
+        "title": track.title, "notes": track.notes, "pixel_size_um": track.pixel_size,
+        "train_fields": sorted({p.field for p in track.train}), "test_fields": sorted({p.field for p in track.test}),
+        "n_train_images": len(track.train), **scores, "classical": classic_info, "learned": learned_info,
+        "comparisons": comp, "verdict": verdict(track.name, comp),
+    }  # fmt: skip
+    print_track(track.name, summary)
+    return summary
+
+
+def print_track(name: str, summary: Mapping[str, Any]) -> None:
+    """Median [IQR] of each metric per method, the change vs LQ and the FRC resolution."""
+    rows = []
+    for method, m in summary["methods"].items():
+        med, iqr, rel = m["median"], m["iqr"], m["relative_change_vs_lq"]
+        rows.append([
+            method, f"{med['psnr']:.2f} [{iqr['psnr'][0]:.2f}, {iqr['psnr'][1]:.2f}]",
+            f"{med['ssim']:.3f} [{iqr['ssim'][0]:.3f}, {iqr['ssim'][1]:.3f}]", f"{med['mse']:.2e}", f"{med['nrmse']:.3f}",
+            "" if method == LQ else f"{rel['psnr']:+.1%} / {rel['ssim']:+.1%}", f"{m['frc_resolution_px']:.2f}",
+        ])  # fmt: skip
+    print_table(f"Track {name}: {summary['title']} ({summary['n_test_images']} test images)",
+                ["method", "PSNR dB [IQR]", "SSIM [IQR]", "MSE", "NRMSE", "vs LQ PSNR/SSIM", "FRC px"], rows)  # fmt: skip
+    print(summary["verdict"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the tracks, print the tables and write ``benchmarks/results/quality.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes-per-model", type=float, default=None, help="training wall time per learned model (default 3, quick 0.1)")
+    parser.add_argument("--quick", action="store_true", help="few fields and a few seconds of training: exercises every path")
+    parser.add_argument("--tracks", default="ABC", help="which tracks to run, e.g. AB (C needs A and B's images, not their runs)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="empty folder to keep simulated pairs and runs in (default: temporary)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    minutes = args.minutes_per_model or (0.1 if args.quick else 3.0)
+    load_at_start = os.getloadavg()
+    quiet_lightning()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="confocalize-quality-") as tmp:
+        work = args.work_dir or Path(tmp)
+        a, b = w2s_track(args.quick), dscm_track(args.quick)
+        results = {}
+        for name in args.tracks:
+            track_start = time.perf_counter()
+            track = simulated_track(a, b, work, args.quick, args.seed) if name == "C" else {"A": a, "B": b}[name]
+            results[name] = {**run_track(track, work, minutes, args.quick, args.seed), "seconds": time.perf_counter() - track_start}
+    doc = {
+        "settings": {
+            "quick": args.quick, "minutes_per_model": minutes, "budget": f"{minutes:g} min wall time of training per learned model "
+            "(Lightning max_time), then one validation and the export; steps done are listed per model",
+            "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "normalisation": NORMALISATION,
+            "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
+        },
+        "tracks": results,
+        "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+    print(f"written {write_results('quality', doc)}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

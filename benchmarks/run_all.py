@@ -1,0 +1,233 @@
+"""Run every benchmark and regenerate ``BENCHMARKS.md`` from ``benchmarks/results/*.json``.
+
+    python benchmarks/run_all.py                  # speed, quality (default budget), registration
+    python benchmarks/run_all.py --quick          # smoke run of every path
+    python benchmarks/run_all.py --report-only    # only rewrite BENCHMARKS.md from the JSON files
+
+Each script runs in its own process; a failing one does not stop the others, but the exit code
+is non-zero. The report states the machine, date and commit of each result file and which of the
+issue's targets are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common import COMPACT, DEFAULT, LABELS, REPO, RESULTS
+
+BENCHMARKS = REPO / "benchmarks"
+REPORT = REPO / "BENCHMARKS.md"
+RSS_GIB = 2**30
+NAMES = ("speed", "quality", "registration")
+
+
+def scripts(quick: bool, minutes: float | None) -> dict[str, list[str]]:
+    """Command-line arguments of each benchmark script (registration.py only if present)."""
+    quality = (["--quick"] if quick else []) + ([f"--minutes-per-model={minutes:g}"] if minutes else [])
+    runs = {"speed": ["--quick"] if quick else [], "quality": quality}
+    if (BENCHMARKS / "registration.py").is_file():
+        runs["registration"] = ["--cases", "6", "--simulated", "2", "--unrelated", "4", "--large", "0"] if quick else []
+    return runs
+
+
+def run(name: str, args: Sequence[str]) -> int:
+    """Run ``benchmarks/NAME.py`` with ``args``, its output going to the terminal; return its exit code."""
+    print(f"== {name} {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args], cwd=REPO).returncode
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def runs_section(results: Mapping[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    unknown = "not recorded"
+    for name, doc in results.items():
+        m = doc.get("machine", {})
+        machine = f"{m['cpu']}, {m['logical_cores']} cores, torch {m['torch']}" if m else unknown
+        rows.append([name, doc.get("date", unknown), doc.get("commit", unknown), machine, m.get("load_average_1_5_15min", unknown)])
+    return ["## Runs", "", *table(["benchmark", "date", "commit", "machine", "load average at the end (1/5/15 min)"], rows), ""]
+
+
+def speed_targets(speed: dict[str, Any], quality: dict[str, Any] | None) -> list[list[str]]:
+    """Rows (target, measured, met) of the speed targets."""
+    rows = []
+    ssim_gap = _ssim_vs_reference(quality)
+    for name in (DEFAULT, COMPACT):
+        shipped = [r for r in speed["ratios"] if r["generator"] == name and r["form"] == "shipped" and r["vs_reference_plain"]]
+        ratio = ", ".join(f"{r['size']}²: {r['vs_reference_plain']:.2f}×" for r in shipped)
+        gaps = ssim_gap.get(name, {})
+        ssim = ", ".join(f"{t}: {g:+.3f}" for t, g in gaps.items()) or "no quality run"
+        met = bool(shipped) and all(r["vs_reference_plain"] >= 2 for r in shipped) and bool(gaps) and all(g >= 0 for g in gaps.values())
+        rows.append([f"{name} ≥ 2× the reference's Mpixel/s (plain) at equal or better median SSIM",
+                     f"{ratio}; SSIM minus reference per track: {ssim}", _yes(met)])  # fmt: skip
+    shipped = [r for r in speed["inference"] if r["generator"] == DEFAULT and r["form"] == "shipped"]
+    fractions = ", ".join(f"{r['size']}²: {r['fraction_of_matmul']:.0%}" for r in shipped)
+    largest = shipped[-1]
+    rows.append(["default ≥ 75 % of the matrix-product GFLOP/s in inference (shipped form, largest input)",
+                 f"{fractions} of {speed['matmul']['gflops']:.0f} GFLOP/s", _yes(largest["fraction_of_matmul"] >= 0.75)])  # fmt: skip
+    largest = speed["enhance"]["largest"]
+    measured = f"{largest['peak_rss_bytes'] / RSS_GIB:.2f} GiB, {largest['seconds']:.0f} s"
+    target = f"enhance of a {largest['size']}² 16-bit image under 2 GiB peak RSS"
+    rows.append([target, measured, _yes(speed["enhance"]["largest_under_limit"])])
+    fit = speed["enhance"]["linear_fit"]
+    if fit["r2"] is not None:
+        per = ", ".join(f"{r['size']}²: {r['s_per_mpixel']:.2f}" for r in speed["enhance"]["rows"])
+        measured = f"r² {fit['r2']:.4f}, {fit['s_per_mpixel']:.2f} s/Mpixel + {fit['intercept_s']:.1f} s; s/Mpixel by size {per}"
+        rows.append(["enhance time linear in pixels", measured, _yes(fit["r2"] >= 0.99)])
+    return rows
+
+
+def _ssim_vs_reference(quality: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    if quality is None:
+        return {}
+    tracks = quality["tracks"]
+    return {name: {t: tr["comparisons"][name]["ssim_minus_reference"] for t, tr in tracks.items()} for name in (DEFAULT, COMPACT)}
+
+
+def quality_targets(quality: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    wanted = {"A": "≥ +2 dB PSNR and ≥ +0.03 SSIM", "B": "≥ +0.1 SSIM"}
+    for t, want in wanted.items():
+        if t not in quality["tracks"]:
+            continue
+        comp = quality["tracks"][t]["comparisons"]
+        for name in (DEFAULT, COMPACT):
+            c = comp[name]
+            measured = f"{c['psnr_minus_best_classical']:+.2f} dB, {c['ssim_minus_best_classical']:+.3f} SSIM"
+            target = f"track {t}: {name} beats the best classical method by {want} (medians)"
+            rows.append([target, measured, _yes(c["beats_classical_target"])])
+    return rows
+
+
+def _yes(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("**yes**" if flag else "**no**")
+
+
+def speed_section(speed: dict[str, Any]) -> list[str]:
+    s = speed["settings"]
+    lines = ["## Speed and memory (`benchmarks/speed.py`)", "",
+             f"fp32 matrix product {speed['matmul']['n']}²: **{speed['matmul']['gflops']:.1f} GFLOP/s** (best; median "
+             f"{speed['matmul']['gflops_median']:.1f}). Forms: *plain* = whole image, NCHW fp32, batch 1; *channels_last* = "
+             "the same in channels_last; *shipped* = `predict_array` as `confocalize enhance` runs it (1024-pixel tiles with "
+             "halos, channels_last). GFLOP/s counts the convolutions executed (halos included). Random weights.", ""]  # fmt: skip
+    rows = [[LABELS[r["generator"]], r["form"], f"{r['size']}²", f"{r['mpixel_per_s']:.3f}", f"{r['gflops']:.1f}",
+             f"{r['fraction_of_matmul']:.0%}", f"{r['gflop_per_image']:.1f}"] for r in speed["inference"]]  # fmt: skip
+    lines += table(["generator", "form", "input", "Mpixel/s", "GFLOP/s", "of matmul", "GFLOP per image"], rows) + [""]
+    rows = [[LABELS[r["generator"]], f"{r['images_per_s']:.2f}"] for r in speed["training"]]
+    lines += [f"Training, {s['train_size']}² patches, batch {s['train_batch']}, generator + PatchGAN steps:", ""]
+    lines += table(["generator", "images/s"], rows) + [""]
+    rows = [[f"{r['size']}²", f"{r['seconds']:.1f}", f"{r['s_per_mpixel']:.2f}", f"{r['peak_rss_bytes'] / RSS_GIB:.2f}"]
+            for r in speed["enhance"]["rows"]]  # fmt: skip
+    lines += ["`confocalize enhance --dtype uint16`, default model, 16-bit input, one fresh process per image "
+              "(wall time includes interpreter start-up):", ""]  # fmt: skip
+    return lines + table(["image", "seconds", "s/Mpixel", "peak RSS GiB"], rows) + [""]
+
+
+def quality_section(quality: dict[str, Any]) -> list[str]:
+    s = quality["settings"]
+    lines = ["## Quality (`benchmarks/quality.py`)", "",
+             f"Training budget: {s['budget']}. Patches {s['patch_size']}², batch {s['batch_size']}. Metrics: {s['normalisation']}. "
+             "Median [IQR] over test images; relative change vs raw LQ as (method − LQ)/|LQ|; FRC = Fourier ring "
+             "correlation resolution against HQ at the 1/7 threshold (smaller is sharper). Classical parameters were tuned "
+             "on training fields only; learned methods list their training steps. In the figures *generated* is the default model.",
+             "", *(f"- `{name}`: {text}" for name, text in s["learned"].items()), ""]  # fmt: skip
+    for t, tr in quality["tracks"].items():
+        lines += [f"### Track {t}: {tr['title']}", "",
+                  f"{tr['n_train_images']} training images ({len(tr['train_fields'])} fields), {tr['n_test_images']} test images "
+                  f"({len(tr['test_fields'])} fields: {', '.join(tr['test_fields'][:8])}{' …' if len(tr['test_fields']) > 8 else ''}). "
+                  f"{tr['notes']}. Richardson-Lucy PSF: {tr['classical']['richardson_lucy']['psf']}.", ""]  # fmt: skip
+        rows = []
+        for method, m in tr["methods"].items():
+            med, iqr, rel = m["median"], m["iqr"], m["relative_change_vs_lq"]
+            frc = f"{m['frc_resolution_px']:.2f}" + (f" ({m['frc_resolution_um'] * 1e3:.0f} nm)" if m["frc_resolution_um"] else "")
+            rows.append([_method_label(method, tr), f"{med['psnr']:.2f} [{iqr['psnr'][0]:.2f}, {iqr['psnr'][1]:.2f}]",
+                         f"{med['ssim']:.3f} [{iqr['ssim'][0]:.3f}, {iqr['ssim'][1]:.3f}]", f"{med['mse']:.2e}", f"{med['nrmse']:.3f}",
+                         "—" if method == "lq" else f"{rel['psnr']:+.1%} / {rel['ssim']:+.1%}", frc])  # fmt: skip
+        lines += table(["method", "PSNR dB [IQR]", "SSIM [IQR]", "MSE", "NRMSE", "vs LQ: PSNR / SSIM", "FRC px"], rows)
+        figure = Path(tr["figure"])
+        rel_fig = figure.relative_to(REPO) if figure.is_relative_to(REPO) else figure
+        lines += ["", f"**{tr['verdict']}**", "", f"Figure (one test field per row): `{rel_fig}`.", ""]
+    return lines
+
+
+def _method_label(method: str, track: Mapping[str, Any]) -> str:
+    """The method with its tuned parameters or its training steps."""
+    if method in track["classical"]:
+        params = ", ".join(f"{k}={v}" for k, v in track["classical"][method]["params"].items())
+        return f"{method} ({params})"
+    if method in track["learned"]:
+        info = track["learned"][method]
+        return f"{method} ({info['steps']} steps)"
+    return "raw LQ" if method == "lq" else method
+
+
+def registration_section(reg: dict[str, Any]) -> list[str]:
+    rows = [[group, s["cases"], s["success"], s["wrong"], s["refused"], f"{s['success_rate']:.0%}",
+             "" if s["rms_px_median"] is None else f"{s['rms_px_median']:.3f}"] for group, s in reg["summary"].items()]  # fmt: skip
+    lines = ["## Registration (`benchmarks/registration.py`)", ""]
+    lines += table(["cases", "n", "success", "wrong", "refused", "success rate", "median RMS px"], rows)
+    large = reg.get("large")
+    if large:
+        lines += ["", f"Large pair {large['lq_shape']} LQ / {large['hq_shape']} HQ: {large['outcome']}, {large['seconds']:.1f} s."]
+    return lines + [""]
+
+
+def report(results: Mapping[str, dict[str, Any]]) -> str:
+    """BENCHMARKS.md from the result documents that exist."""
+    speed, quality, reg = results.get("speed"), results.get("quality"), results.get("registration")
+    lines = ["# Benchmarks", "",
+             "Generated by `make bench` (`benchmarks/run_all.py`) from `benchmarks/results/*.json`; do not edit by hand. "
+             "Timings on a shared machine are lower bounds of what it can do: see the load average of each run.", ""]  # fmt: skip
+    lines += runs_section(results)
+    targets = (speed_targets(speed, quality) if speed else []) + (quality_targets(quality) if quality else [])
+    if targets:
+        lines += ["## Targets", "", *table(["target", "measured", "met"], targets), ""]
+    if quality:
+        lines += ["Verdicts:", "", *(f"- {tr['verdict']}" for tr in quality["tracks"].values()), ""]
+    if speed:
+        lines += speed_section(speed)
+    if quality:
+        lines += quality_section(quality)
+    if reg:
+        lines += registration_section(reg)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run of every benchmark")
+    parser.add_argument("--minutes-per-model", type=float, default=None, help="passed to quality.py")
+    parser.add_argument("--skip", action="append", default=[], choices=NAMES, help="leave one benchmark out (repeatable)")
+    parser.add_argument("--report-only", action="store_true", help="only regenerate BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    failed = []
+    if not args.report_only:
+        for name, script_args in scripts(args.quick, args.minutes_per_model).items():
+            if name not in args.skip and run(name, script_args) != 0:
+                failed.append(name)
+    results = {name: doc for name in NAMES if (doc := load(name)) is not None}
+    REPORT.write_text(report(results))
+    print(f"written {REPORT}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
