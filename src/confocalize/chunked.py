@@ -20,8 +20,10 @@ subsample beyond), computed in a first pass over the data.
 Workers get the generator as :class:`GeneratorWeights` (settings and safetensors bytes, sent once per
 worker), never as a pickled module; each worker process builds it once and runs one chunk at a time
 through it. :func:`enhance_to_zarr` writes files as OME-Zarr: on a ``dask.distributed`` client all
-files at once, or without one in this process one task after another, so memory holds a few chunks
-whatever the size of the image.
+files at once, or without one in this process one row of chunks after another (dask alone, given a
+whole image, runs ahead and holds a growing share of it). Memory then holds the dask graph (~20 kB
+per chunk: raise ``chunk`` for images of many gigapixels), about three rows of chunks and one
+network tile, whatever the image height.
 """
 
 from __future__ import annotations
@@ -40,19 +42,29 @@ from typing import TYPE_CHECKING, Any
 import dask
 import dask.array as da
 import numpy as np
+import zarr
 from safetensors.torch import load as load_safetensors
 
 from confocalize.config import GeneratorConfig, NormalizationConfig
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, list_images
-from confocalize.lazyio import is_zarr, open_lazy, write_ome_zarr
+from confocalize.lazyio import create_ome_zarr, is_zarr, open_lazy
 from confocalize.nets import UNet
 from confocalize.normalize import Normalization, percentile_normalization, percentile_sample
 from confocalize.package import ModelPackage, build_generator, weights_bytes
 from confocalize.predict import (
-    DEFAULT_BATCH, DEFAULT_TILE, OutputDtype, Progress, _from_czyx, _output_paths, _round_up, _to_dtype, check_fit,
-    default_halo, predict_array,
-)  # fmt: skip
+    DEFAULT_BATCH,
+    DEFAULT_TILE,
+    OutputDtype,
+    Progress,
+    _from_czyx,
+    _output_paths,
+    _round_up,
+    _to_dtype,
+    check_fit,
+    default_halo,
+    predict_array,
+)
 from confocalize.stacks import as_czyx, model_groups, network_input
 
 if TYPE_CHECKING:
@@ -83,15 +95,23 @@ def _worker_generator(weights: GeneratorWeights) -> tuple[UNet, threading.Lock]:
     return generator.eval(), threading.Lock()
 
 
-def _enhance_chunk(x: np.ndarray, weights: GeneratorWeights, tile: int, batch_size: int) -> np.ndarray:
-    """One dask task: :func:`predict_array` on a chunk of network input with its halo."""
+def _enhance_chunk(x: np.ndarray, weights: GeneratorWeights, tile: int, batch_size: int, where: str) -> np.ndarray:
+    """One dask task: :func:`predict_array` on a chunk of network input with its halo; NaN/Inf are refused."""
     generator, lock = _worker_generator(weights)
     with lock:
-        return predict_array(generator, x, tile, batch_size)
+        out = predict_array(generator, x, tile, batch_size)
+    if not np.all(np.isfinite(out)):
+        raise ConfocalizeError(f"{where}: the model's output holds NaN/Inf; check the image for NaN/Inf pixels and the model")
+    return out
 
 
-def channel_normalizations(images: Sequence[Image], norm: NormalizationConfig, scheduler: Any = None) -> list[list[Normalization]]:
-    """Per image, each channel's normalisation over its stack, as enhance_image makes it (one dask pass for all images)."""
+def channel_normalizations(
+    images: Sequence[Image], norm: NormalizationConfig, scheduler: Any = None
+) -> list[list[Normalization]]:
+    """Per image, each channel's normalisation over its stack, as enhance_image makes it.
+
+    One dask pass over all images, on ``scheduler`` (dask's current one by default).
+    """
     samples = [[percentile_sample(c) for c in as_czyx(_lazy(im.data), im.axes)] for im in images]
     (computed,) = dask.compute(samples, scheduler=scheduler)
     return [[percentile_normalization(s, norm.low, norm.high) for s in per_image] for per_image in computed]
@@ -123,23 +143,27 @@ def enhance_lazy(
     czyx = as_czyx(_lazy(image.data), image.axes)
     groups = model_groups(czyx.shape[0], package.in_channels, package.context_slices, where)
     check_fit(package, image)
-    norms = normalizations or channel_normalizations([image], package.normalization)[0]
-    normalised = da.stack([c.map_blocks(n.apply, dtype=np.float32) for c, n in zip(czyx, norms, strict=True)])
+    if normalizations is None:
+        normalizations = channel_normalizations([image], package.normalization)[0]
+    normalised = da.stack([c.map_blocks(n.apply, dtype=np.float32) for c, n in zip(czyx, normalizations, strict=True)])
     halo = default_halo(package.generator)
     size = chunk_size(package.generator, tile, chunk)
-    yx_chunks = tuple(_axis_chunks(n, size, halo) for n in czyx.shape[-2:])
-    weights = dask.delayed(GeneratorWeights.of(package), pure=True)  # one graph key: sent once to each worker
-    k, n_out = package.context_slices, package.out_channels
-    planes = [
-        da.stack([_enhance_plane(network_input(normalised, g, z, k), weights, n_out, yx_chunks, halo, tile, batch_size)
-                  for z in range(czyx.shape[1])], axis=1)
-        for g in groups
-    ]  # fmt: skip
+    plan = _PlanePlan(
+        where=where,
+        weights=dask.delayed(GeneratorWeights.of(package), pure=True),  # one graph key: sent once to each worker
+        out_channels=package.out_channels,
+        yx_chunks=tuple(_axis_chunks(n, size, halo) for n in czyx.shape[-2:]),
+        halo=halo,
+        tile=tile,
+        batch_size=batch_size,
+    )
+    k = package.context_slices
+    planes = [da.stack([plan.enhance(network_input(normalised, g, z, k)) for z in range(czyx.shape[1])], axis=1) for g in groups]
     return image.with_data(*_from_czyx(da.concatenate(planes), image.axes))
 
 
 def chunk_size(generator: UNet, tile: int, chunk: int | None = None) -> int:
-    """Chunk edge in pixels: ``chunk`` (default ``tile - 2 * halo``: a chunk and its halo make one tile), on the grid, >= the halo."""
+    """Chunk edge in pixels: ``chunk``, or ``tile - 2 * halo`` (a chunk and its halo make one tile); on the grid, >= the halo."""
     halo, m = default_halo(generator), generator.multiple
     wanted = chunk if chunk is not None else (tile - 2 * halo) // m * m
     return max(_round_up(wanted, m), halo, m)
@@ -153,17 +177,27 @@ def _axis_chunks(length: int, size: int, halo: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _enhance_plane(
-    x: da.Array, weights: Any, out_channels: int, yx_chunks: tuple[tuple[int, ...], ...], halo: int, tile: int,
-    batch_size: int,
-) -> da.Array:  # fmt: skip
-    """``(C_in, Y, X)`` dask input -> ``(C_out, Y, X)``: every chunk with its neighbours' halo, trimmed after."""
-    x = x.rechunk((-1, *yx_chunks))
-    depth = {0: 0, 1: halo if len(yx_chunks[0]) > 1 else 0, 2: halo if len(yx_chunks[1]) > 1 else 0}
-    padded = da.overlap.overlap(x, depth=depth, boundary="none")
-    chunks = ((out_channels,), *padded.chunks[1:])
-    out = padded.map_blocks(_enhance_chunk, weights, tile, batch_size, dtype=np.float32, chunks=chunks)
-    return da.overlap.trim_internal(out, depth, boundary="none")
+@dataclass(frozen=True)
+class _PlanePlan:
+    """How every plane of an image is cut and enhanced: the generator (a dask key), chunks, halo and tiling."""
+
+    where: str
+    weights: Any
+    out_channels: int
+    yx_chunks: tuple[tuple[int, ...], ...]
+    halo: int
+    tile: int
+    batch_size: int
+
+    def enhance(self, x: da.Array) -> da.Array:
+        """``(C_in, Y, X)`` dask input -> ``(C_out, Y, X)``: every chunk with its neighbours' halo, trimmed after."""
+        x = x.rechunk((-1, *self.yx_chunks))
+        depth = {0: 0, **{axis: self.halo if len(c) > 1 else 0 for axis, c in enumerate(self.yx_chunks, start=1)}}
+        padded = da.overlap.overlap(x, depth=depth, boundary="none")
+        chunks = ((self.out_channels,), *padded.chunks[1:])
+        args = (self.weights, self.tile, self.batch_size, self.where)
+        out = padded.map_blocks(_enhance_chunk, *args, dtype=np.float32, chunks=chunks)
+        return da.overlap.trim_internal(out, depth, boundary="none")
 
 
 def list_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -190,7 +224,7 @@ def enhance_to_zarr(
     """Enhance TIFF and (OME-)Zarr images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
 
     With a ``dask.distributed`` ``client`` every file's chunks run on its workers, all files at once;
-    without, they run in this process one task at a time (memory bounded by a few chunks). Outputs
+    without, they run in this process one task at a time (memory: see the module docstring). Outputs
     keep axes, pixel size and z step; ``dtype``, ``pixel_size`` and ``axes`` as in
     :func:`~confocalize.predict.enhance_files`; ``chunk`` as :func:`chunk_size` says (it is also the
     Zarr chunk of the outputs). Each output appears complete or not at all.
@@ -207,8 +241,9 @@ def enhance_to_zarr(
         jobs = []
         for image, norm, tmp in zip(images, norms, staged, strict=True):
             enhanced = enhance_lazy(package, image, tile, size, batch_size, norm)
-            output = enhanced.with_data(enhanced.data.map_blocks(_to_dtype, dtype, dtype=dtype))
-            jobs.append(write_ome_zarr(tmp, output))
+            data = enhanced.data.map_blocks(_to_dtype, dtype, dtype=dtype)
+            data = data.rechunk(tuple(c[0] for c in data.chunks))  # regular, like the Zarr chunks
+            jobs.append((data, create_ome_zarr(tmp, enhanced.with_data(data))))
         for done, index in enumerate(_completed(jobs, client), start=1):
             _publish(staged[index], targets[index])
             if progress is not None:
@@ -216,19 +251,28 @@ def enhance_to_zarr(
     return targets
 
 
-def _completed(jobs: list[da.Array], client: Client | None) -> Iterator[int]:
-    """Indices of ``jobs`` (dask writes) as they finish: all at once on ``client``, else one by one in this process."""
+def _completed(jobs: list[tuple[da.Array, zarr.Array]], client: Client | None) -> Iterator[int]:
+    """Indices of ``jobs`` (data, Zarr target) as they are stored: all at once on ``client``, else one by one here."""
     if client is None:
-        for index, write in enumerate(jobs):
-            write.compute(scheduler="synchronous")
+        for index, (data, target) in enumerate(jobs):
+            _store_by_rows(data, target)
             yield index
         return
     from distributed import as_completed
 
-    futures = {client.compute(write): index for index, write in enumerate(jobs)}
+    futures = {client.compute(da.store(data, target, lock=False, compute=False)): i for i, (data, target) in enumerate(jobs)}
     for future in as_completed(futures):
         future.result()  # raises the task's error here
         yield futures[future]
+
+
+def _store_by_rows(data: da.Array, target: zarr.Array) -> None:
+    """Compute ``data`` into ``target`` in this process, one row of chunks at a time."""
+    lead = (slice(None),) * (data.ndim - 2)
+    bounds = np.cumsum((0, *data.chunks[-2]))
+    for y0, y1 in zip(bounds[:-1], bounds[1:], strict=True):
+        rows = (*lead, slice(y0, y1))
+        da.store(data[rows], target, regions=rows, lock=False, scheduler="synchronous")
 
 
 @contextlib.contextmanager
@@ -237,11 +281,14 @@ def _staging(targets: list[Path]) -> Iterator[list[Path]]:
     staged: list[Path] = []
     try:
         for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staged.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)))
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staged.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)))
+            except OSError as exc:
+                raise ConfocalizeError(
+                    f"{target.parent}: cannot write here ({exc.strerror}); choose another output folder"
+                ) from None
         yield staged
-    except OSError as exc:
-        raise ConfocalizeError(f"{exc.filename}: cannot write here ({exc.strerror}); choose another output folder") from None
     finally:
         for tmp in staged:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -260,8 +307,9 @@ def _publish(tmp: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
-    """A ``dask.distributed`` client of the scheduler at ``scheduler`` (``tcp://host:8786``), or of a new local
-    cluster of ``workers`` processes (default: one per CPU core) with one thread each."""
+    """A ``dask.distributed`` client: of the scheduler at ``scheduler`` (``tcp://host:8786``), else of a new
+    local cluster of ``workers`` processes (default: one per CPU core) with one thread each.
+    """
     from distributed import Client, LocalCluster
 
     if scheduler:

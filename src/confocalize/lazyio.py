@@ -10,8 +10,8 @@ needs it, by path, so the array can be sent to dask workers:
 * Zarr and OME-Zarr: OME-Zarr images (NGFF 0.4 or 0.5) by the first dataset their ``multiscales``
   metadata lists, with axes and pixel size from it; a plain Zarr array with ``axes`` given (or 2D).
 
-:func:`write_ome_zarr` writes one resolution level as OME-Zarr (NGFF 0.5, via ``ome-zarr``) with
-axes, pixel size and z step. Nothing here checks pixel values (that would read everything).
+:func:`create_ome_zarr` makes a one-resolution OME-Zarr (NGFF 0.5, metadata via ``ome-zarr``) with
+axes, pixel size and z step, whose array the caller fills chunk by chunk. Nothing here checks pixel values (that would read everything).
 """
 
 from __future__ import annotations
@@ -28,10 +28,19 @@ import tifffile
 import zarr
 
 from confocalize.errors import ConfocalizeError
-from confocalize.io import SUPPORTED_DTYPES, TIFF_SUFFIXES, Image, _canonical_axes, _check_axes, _tiff_pixel_size, check_pixel_size
+from confocalize.io import (
+    SUPPORTED_DTYPES,
+    TIFF_SUFFIXES,
+    Image,
+    _canonical_axes,
+    _check_axes,
+    _tiff_pixel_size,
+    check_pixel_size,
+)
 
 ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+FULL_RESOLUTION = "s0"  # dataset path of the arrays written here (readers take it from the metadata)
 _MICRONS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6, "angstrom": 1e-4}
 
 
@@ -136,23 +145,22 @@ def _ome_multiscale(path: Path, attrs: dict[str, Any]) -> tuple[str, str, float 
     return dataset["path"], "".join(names), size("X"), size("Z")
 
 
-def write_ome_zarr(path: str | os.PathLike, image: Image) -> da.Array:
-    """Write ``image`` (dask data) as a single-resolution OME-Zarr at ``path``: metadata now, pixels when the result is computed.
+def create_ome_zarr(path: str | os.PathLike, image: Image) -> zarr.Array:
+    """Create a single-resolution OME-Zarr (NGFF 0.5) for ``image`` (dask data) at ``path``; returns its empty array.
 
-    The data's chunks, made regular, become the Zarr chunks. Computing the returned array writes
-    them and gives an empty array.
+    The metadata (written by ``ome-zarr``) holds axes, pixel size and z step; the array is chunked
+    like the data's first chunks, for the caller to fill.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # ome-zarr deprecates its Scaler class on import
-        from ome_zarr.writer import write_image
+        from ome_zarr.writer import write_multiscales_metadata
 
-    data = image.data
-    data = data.rechunk(tuple(c[0] for c in data.chunks))
-    scale = {"C": 1.0, "Z": image.z_step or 1.0, "Y": image.pixel_size or 1.0, "X": image.pixel_size or 1.0}
-    known = {"Z": image.z_step, "Y": image.pixel_size, "X": image.pixel_size}
-    (write,) = write_image(
-        data, str(path), axes=image.axes.lower(), scale_factors=[],
-        scale={ax.lower(): scale[ax] for ax in image.axes},
-        axes_units={ax.lower(): "micrometer" for ax in image.axes if known.get(ax) is not None}, compute=False,
-    )  # fmt: skip
-    return write
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    chunks = tuple(c[0] for c in image.data.chunks)
+    array = group.create_array(FULL_RESOLUTION, shape=image.data.shape, chunks=chunks, dtype=image.data.dtype)
+    sizes = {"Z": image.z_step, "Y": image.pixel_size, "X": image.pixel_size}
+    scale = [sizes.get(ax) or 1.0 for ax in image.axes]
+    dataset = {"path": FULL_RESOLUTION, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+    units = {ax.lower(): "micrometer" for ax in image.axes if sizes.get(ax) is not None}
+    write_multiscales_metadata(group, [dataset], axes=image.axes.lower(), axes_units=units, name=image.name)
+    return array

@@ -39,8 +39,15 @@ from torch.utils.data import DataLoader
 from confocalize import __version__
 from confocalize.config import TrainConfig, dump_config
 from confocalize.data import (
-    CentralCrops, PairedPatches, PairImages, load_pairs, sample_channels, split_by_field, split_summary, write_split,
-)  # fmt: skip
+    CentralCrops,
+    PairedPatches,
+    PairImages,
+    load_pairs,
+    sample_channels,
+    split_by_field,
+    split_summary,
+    write_split,
+)
 from confocalize.errors import ConfocalizeError
 from confocalize.guards import AtomicCheckpointIO, training_guards
 from confocalize.metrics import compare
