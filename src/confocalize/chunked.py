@@ -224,7 +224,7 @@ def enhance_to_zarr(
     """Enhance TIFF and (OME-)Zarr images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
 
     With a ``dask.distributed`` ``client`` every file's chunks run on its workers, all files at once;
-    without, they run in this process one task at a time (memory: see the module docstring). Outputs
+    without, in this process one row of chunks at a time (memory: see the module docstring). Outputs
     keep axes, pixel size and z step; ``dtype``, ``pixel_size`` and ``axes`` as in
     :func:`~confocalize.predict.enhance_files`; ``chunk`` as :func:`chunk_size` says (it is also the
     Zarr chunk of the outputs). Each output appears complete or not at all.

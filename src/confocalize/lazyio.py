@@ -10,8 +10,9 @@ needs it, by path, so the array can be sent to dask workers:
 * Zarr and OME-Zarr: OME-Zarr images (NGFF 0.4 or 0.5) by the first dataset their ``multiscales``
   metadata lists, with axes and pixel size from it; a plain Zarr array with ``axes`` given (or 2D).
 
-:func:`create_ome_zarr` makes a one-resolution OME-Zarr (NGFF 0.5, metadata via ``ome-zarr``) with
-axes, pixel size and z step, whose array the caller fills chunk by chunk. Nothing here checks pixel values (that would read everything).
+:func:`create_ome_zarr` makes a one-resolution OME-Zarr (NGFF 0.5, metadata via ``ome-zarr``)
+with axes, pixel size and z step, whose array the caller fills chunk by chunk. Nothing here checks
+pixel values (that would read everything).
 """
 
 from __future__ import annotations
