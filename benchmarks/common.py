@@ -23,7 +23,7 @@ from confocalize.demo import DEMO_GENERATOR
 from confocalize.nets.reference import REFERENCE_GENERATOR, build_reference
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("CONFOCALIZE_DATA", REPO.parent / "shared" / "data"))  # override: a copy elsewhere
 RESULTS = REPO / "benchmarks" / "results"
 
 # The compared generators: the TrainConfig default, the demo's compact one, and the reference pix2pix.
@@ -66,9 +66,10 @@ def quiet_lightning() -> None:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch threads and versions, and the load average (other work skews timings)."""
+    """CPU model, cores, GPU, torch threads and versions, and the load average (other work skews timings)."""
     return {
         "cpu": _cpu_model(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -89,7 +90,12 @@ def _cpu_model() -> str:
 
 
 def commit() -> str:
-    """Short hash of the checked-out commit, read from ``.git`` (uncommitted changes are not seen)."""
+    """Short hash of the checked-out commit, read from ``.git`` (uncommitted changes are not seen).
+
+    A copy without ``.git`` (a remote machine) names its commit in ``CONFOCALIZE_COMMIT``.
+    """
+    if "CONFOCALIZE_COMMIT" in os.environ:
+        return os.environ["CONFOCALIZE_COMMIT"][:7]
     git = REPO / ".git"
     try:
         head = (git / "HEAD").read_text().strip()

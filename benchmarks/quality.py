@@ -14,12 +14,14 @@ C. Cross-system wide-field -> confocal, simulated: the real HQ images of A and B
 
 Methods: raw LQ; classical (Gaussian, non-local means, Richardson-Lucy; parameters tuned on training
 fields only, see :mod:`confocalize.baselines`); learned (L1-only U-Net, reference pix2pix,
-confocalize compact and default), each trained by ``train.fit`` for the same wall-time budget.
+confocalize compact and default), each trained by ``train.fit`` for the same budget: a wall time
+or a number of steps (patches 256², batch 4), stated in the results.
 Every score comes from :func:`confocalize.evaluate.evaluate_pairs`; resolution from the Fourier ring
 correlation against HQ (``resolution.py``).
 
     python benchmarks/quality.py                        # full: ~60 min on 2 cores (3 min per model)
     python benchmarks/quality.py --minutes-per-model 20 # a fairer chance for the learned models
+    python benchmarks/quality.py --steps-per-model 2000 --jobs 3  # on a GPU machine: tracks in parallel
     python benchmarks/quality.py --quick                # smoke run of every path (~5 min)
 
 Writes ``benchmarks/results/quality.json`` and, per track, ``benchmarks/results/quality/TRACK/``
@@ -31,10 +33,12 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +62,7 @@ from resolution import frc_resolution
 PATCH = 256  # training patch edge for every learned method (the reference U-Net needs 256)
 BATCH = 4
 VAL_FRACTION = 0.01  # one validation field: validation only runs once, when the budget is spent
-TUNING_CROP = 256  # classical parameters are tuned on central crops of this edge of training images
+TUNING_IMAGES = 6  # training images the classical parameters are tuned on (spread over the training fields)
 DSCM_TEST = ("Micro_4", "Micro_5", "Mito_0", "Mito_1")
 SIM_PARAMS = SimulationParams(size=384, shift_range=(-1.0, 1.0))  # LQ 384 px at 0.1 µm, HQ at 0.07 µm, ±3°
 OBJECT_PIXEL_SIZE = {"A": 0.08, "B": 0.04}  # µm given to the real HQ images used as objects in track C
@@ -92,6 +96,19 @@ LEARNED = {
     COMPACT: Learned(COMPACT, LossConfig(), f"{LABELS[COMPACT]}: pix2pix losses as TrainConfig (L1 100, LSGAN)"),
     DEFAULT: Learned(DEFAULT, LossConfig(), f"{LABELS[DEFAULT]}: TrainConfig defaults (L1 100, LSGAN)"),
 }
+@dataclass(frozen=True)
+class Budget:
+    """Training budget of every learned model: steps, wall minutes, or both (whichever ends first)."""
+
+    steps: int | None
+    minutes: float | None
+
+    def describe(self) -> str:
+        """The budget in words, for the results."""
+        parts = [f"{self.steps} generator steps" if self.steps else "", f"{self.minutes:g} min wall time" if self.minutes else ""]
+        return " or ".join(p for p in parts if p) + " of training per learned model (whichever ends first), then one validation and the export; steps done are listed per model"
+
+
 CLASSICAL = ("gaussian", "nlm", "richardson_lucy")
 ORDER = (LQ, *CLASSICAL, *LEARNED)
 
@@ -99,11 +116,14 @@ ORDER = (LQ, *CLASSICAL, *LEARNED)
 # --- data ---------------------------------------------------------------------------------------
 
 
-def w2s_track(quick: bool) -> Track:
-    """Track A: W2S single frame -> 400-frame average, official split by field, all channels."""
+def w2s_track(quick: bool, every: tuple[int, int] = (1, 1)) -> Track:
+    """Track A: W2S single frame -> 400-frame average, official split by field, all channels.
+
+    ``every`` = (n, m) keeps every n-th training and every m-th test field (a smaller copy of the data).
+    """
     root = DATA / "w2s_widefield"
-    train_fields = range(1, 4) if quick else range(1, 81)
-    test_fields = range(81, 82) if quick else range(81, 121)
+    train_fields = range(1, 4) if quick else range(1, 81, every[0])
+    test_fields = range(81, 82) if quick else range(81, 121, every[1])
 
     def pairs(fields: range) -> list[PairPaths]:
         names = [f"{f:03d}_{c}" for f in fields for c in range(3)]
@@ -176,20 +196,13 @@ def _spread(pairs: Sequence[PairPaths], n: int) -> list[PairPaths]:
 
 
 def tuning_pairs(pairs: Sequence[PairPaths], n: int) -> list[baselines.Pair]:
-    """Central crops of ``n`` training pairs spread over the training fields (raw LQ, raw HQ)."""
-    out = []
-    for pair in _spread(pairs, n):
-        lq, hq = read_image(pair.lq).data, read_image(pair.hq).data
-        h, w = lq.shape
-        y0, x0 = max(0, (h - TUNING_CROP) // 2), max(0, (w - TUNING_CROP) // 2)
-        crop = (slice(y0, y0 + TUNING_CROP), slice(x0, x0 + TUNING_CROP))
-        out.append((lq[crop], hq[crop]))
-    return out
+    """``n`` training pairs spread over the training fields (raw LQ, raw HQ)."""
+    return [(read_image(p.lq).data, read_image(p.hq).data) for p in _spread(pairs, n)]
 
 
-def classical(track: Track, quick: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Tune each classical method on training crops, then apply it once to every test LQ."""
-    tuning = tuning_pairs(track.train, 2 if quick else 6)
+def classical(track: Track, quick: bool, workers: int = 1) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Tune each classical method on training images (``workers`` processes), then apply it to every test LQ."""
+    tuning = tuning_pairs(track.train, 2 if quick else TUNING_IMAGES)
     psf_sigma = None if track.psf is not None else baselines.fit_gaussian_psf(tuning)
     psf = track.psf if track.psf is not None else baselines.gaussian_psf(psf_sigma)
     methods: dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]] = {
@@ -201,22 +214,22 @@ def classical(track: Track, quick: bool) -> tuple[dict[str, dict[str, np.ndarray
     info: dict[str, Any] = {}
     for name, (method, grid) in methods.items():
         start = time.perf_counter()
-        tuned = baselines.tune(method, grid, tuning)
+        tuned = baselines.tune(method, grid, tuning, workers=workers)
         tuned_s = time.perf_counter() - start
         start = time.perf_counter()
         outputs[name] = {p.name: method(read_image(p.lq).data, **tuned.params) for p in track.test}
         info[name] = {
-            "params": tuned.params, "tuning_median_ssim": tuned.ssim, "grid": tuned.grid, "tuning_seconds": tuned_s,
+            "params": tuned.params, "tuning_median_psnr": tuned.score, "grid": tuned.grid, "tuning_seconds": tuned_s,
             "seconds_per_image": (time.perf_counter() - start) / len(track.test),
         }  # fmt: skip
     fitted = f"fitted Gaussian, sigma {psf_sigma} px"
     info["richardson_lucy"]["psf"] = "simulator's wide-field optics (in focus)" if psf_sigma is None else fitted
-    info["tuning"] = {"pairs": len(tuning), "crop": TUNING_CROP, "objective": "median plain SSIM", "from": "training fields only"}
+    info["tuning"] = {"images": len(tuning), "objective": "median plain PSNR (least squares)", "from": "training fields only"}
     return outputs, info
 
 
-def learned(track: Track, work: Path, minutes: float, seed: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Train every learned method on the track's training pairs for ``minutes`` each; enhance the test LQ."""
+def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Train every learned method on the track's training pairs within ``budget`` each; enhance the test LQ."""
     csv_path = _pairs_csv(track.train, work / track.name / "train_pairs.csv")
     outputs: dict[str, dict[str, np.ndarray]] = {}
     info: dict[str, Any] = {}
@@ -226,7 +239,8 @@ def learned(track: Track, work: Path, minutes: float, seed: int) -> tuple[dict[s
             data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=VAL_FRACTION, test_fraction=0.0),
             generator=GENERATORS[method.generator],
             loss=method.loss,
-            trainer=TrainerConfig(max_steps=10**7, max_time_minutes=minutes, val_every_steps=10**7, seed=seed, progress_bar=False),
+            trainer=TrainerConfig(max_steps=budget.steps or 10**7, max_time_minutes=budget.minutes, val_every_steps=10**7,
+                                  seed=seed, progress_bar=False),  # fmt: skip
         )  # fmt: skip
         with architecture(method.generator):
             result = fit(cfg, progress=False)
@@ -317,11 +331,11 @@ def verdict(track: str, comp: Mapping[str, Any]) -> str:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def run_track(track: Track, work: Path, minutes: float, quick: bool, seed: int) -> dict[str, Any]:
+def run_track(track: Track, work: Path, budget: Budget, quick: bool, seed: int, workers: int = 1) -> dict[str, Any]:
     """Classical and learned methods on one track, scored and printed."""
     print(f"track {track.name}: {track.title}: {len(track.train)} training / {len(track.test)} test images")
-    classic, classic_info = classical(track, quick)
-    trained, learned_info = learned(track, work, minutes, seed)
+    classic, classic_info = classical(track, quick, workers)
+    trained, learned_info = learned(track, work, budget, seed)
     scores = score(track, {**classic, **trained}, figure_fields=4)
     comp = comparisons(track.name, scores["methods"])
     summary = {
@@ -332,6 +346,15 @@ def run_track(track: Track, work: Path, minutes: float, quick: bool, seed: int) 
     }  # fmt: skip
     print_track(track.name, summary)
     return summary
+
+
+def track_job(name: str, work: Path, budget: Budget, quick: bool, seed: int, every: tuple[int, int], workers: int) -> dict[str, Any]:
+    """Build track ``name`` and run it (one process per track under ``--jobs``); adds its wall seconds."""
+    quiet_lightning()
+    start = time.perf_counter()
+    a, b = w2s_track(quick, every), dscm_track(quick)
+    track = simulated_track(a, b, work, quick, seed) if name == "C" else {"A": a, "B": b}[name]
+    return {**run_track(track, work, budget, quick, seed, workers), "seconds": time.perf_counter() - start}
 
 
 def print_track(name: str, summary: Mapping[str, Any]) -> None:
@@ -353,27 +376,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the tracks, print the tables and write ``benchmarks/results/quality.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes-per-model", type=float, default=None, help="training wall time per learned model (default 3, quick 0.1)")
+    parser.add_argument("--steps-per-model", type=int, default=None, help="training steps per learned model (no time limit unless --minutes-per-model)")
     parser.add_argument("--quick", action="store_true", help="few fields and a few seconds of training: exercises every path")
     parser.add_argument("--tracks", default="ABC", help="which tracks to run, e.g. AB (C needs A and B's images, not their runs)")
+    parser.add_argument("--jobs", type=int, default=1, help="tracks run in this many processes at once (a GPU machine; not on 2 cores)")
+    parser.add_argument("--tuning-workers", type=int, default=1, help="processes per track that score the classical parameter grids")
+    parser.add_argument("--w2s-every", type=int, nargs=2, default=(1, 1), metavar=("TRAIN", "TEST"),
+                        help="track A on every n-th training and m-th test field only (a copy of the data that fits a transfer)")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=None, help="empty folder to keep simulated pairs and runs in (default: temporary)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    minutes = args.minutes_per_model or (0.1 if args.quick else 3.0)
+    minutes = args.minutes_per_model or (None if args.steps_per_model else (0.1 if args.quick else 3.0))
+    budget = Budget(args.steps_per_model, minutes)
+    every = tuple(args.w2s_every)
     load_at_start = os.getloadavg()
     quiet_lightning()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="confocalize-quality-") as tmp:
         work = args.work_dir or Path(tmp)
-        a, b = w2s_track(args.quick), dscm_track(args.quick)
-        results = {}
-        for name in args.tracks:
-            track_start = time.perf_counter()
-            track = simulated_track(a, b, work, args.quick, args.seed) if name == "C" else {"A": a, "B": b}[name]
-            results[name] = {**run_track(track, work, minutes, args.quick, args.seed), "seconds": time.perf_counter() - track_start}
+        jobs = [(name, work, budget, args.quick, args.seed, every, args.tuning_workers) for name in args.tracks]
+        if args.jobs > 1:
+            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = dict(zip(args.tracks, pool.map(track_job, *zip(*jobs)), strict=True))
+        else:
+            results = {job[0]: track_job(*job) for job in jobs}
     doc = {
         "settings": {
-            "quick": args.quick, "minutes_per_model": minutes, "budget": f"{minutes:g} min wall time of training per learned model "
-            "(Lightning max_time), then one validation and the export; steps done are listed per model",
+            "quick": args.quick, "minutes_per_model": minutes, "steps_per_model": args.steps_per_model,
+            "budget": budget.describe(), "w2s_every_nth_field": {"train": every[0], "test": every[1]},
             "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "normalisation": NORMALISATION,
             "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
         },

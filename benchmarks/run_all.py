@@ -61,7 +61,7 @@ def runs_section(results: Mapping[str, dict[str, Any]]) -> list[str]:
     unknown = "not recorded"
     for name, doc in results.items():
         m = doc.get("machine", {})
-        machine = f"{m['cpu']}, {m['logical_cores']} cores, torch {m['torch']}" if m else unknown
+        machine = f"{m['cpu']}, {m['logical_cores']} cores{', ' + m['gpu'] if m.get('gpu') else ''}, torch {m['torch']}" if m else unknown
         rows.append([name, doc.get("date", unknown), doc.get("commit", unknown), machine, m.get("load_average_1_5_15min", unknown)])
     return ["## Runs", "", *table(["benchmark", "date", "commit", "machine", "load average at the end (1/5/15 min)"], rows), ""]
 

@@ -3,14 +3,16 @@
 Every method maps a raw 2D LQ image to a float32 image on its own intensity scale (metrics
 re-normalise each image, see :mod:`confocalize.metrics`). Inputs are first percentile-normalised
 (1st -> 0, 99.8th -> 1) so that parameters such as the NLM filter strength mean the same on every
-image. Parameters are chosen on training pairs only with :func:`tune`, which maximises the median
-SSIM of :func:`confocalize.metrics.compare` over a grid.
+image. Parameters are chosen on training pairs only with :func:`tune`, which maximises a median
+metric of :func:`confocalize.metrics.compare` (PSNR by default: least squares) over a grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -92,17 +94,35 @@ def fit_gaussian_psf(pairs: Sequence[Pair], sigmas: Sequence[float] = PSF_SIGMAS
 
 @dataclass(frozen=True)
 class Tuned:
-    """The best parameters of a method on the tuning pairs, its median SSIM, and every grid point's."""
+    """The best parameters of a method on the tuning pairs, their median score, and every grid point's."""
 
     params: dict[str, Any]
-    ssim: float
+    score: float
+    metric: str
     grid: list[tuple[dict[str, Any], float]]
 
 
-def tune(method: Method, grid: Sequence[Mapping[str, Any]], pairs: Sequence[Pair]) -> Tuned:
-    """Grid search of ``method``'s parameters maximising the median plain SSIM on ``pairs`` (training data)."""
+def tune(method: Method, grid: Sequence[Mapping[str, Any]], pairs: Sequence[Pair], metric: str = "psnr", workers: int = 1) -> Tuned:
+    """Grid search of ``method``'s parameters maximising the median plain ``metric`` ("psnr" or "ssim") on ``pairs``.
+
+    ``workers`` > 1 scores the grid points in that many processes (``method`` must be picklable).
+    """
     if not grid or not pairs:
         raise ValueError("tuning needs a non-empty grid and at least one pair")
-    scored = [(dict(p), float(np.median([compare(method(lq, **p), hq)["plain"]["ssim"] for lq, hq in pairs]))) for p in grid]
+    if metric not in ("psnr", "ssim"):
+        raise ValueError(f"tuning maximises 'psnr' or 'ssim', not {metric!r}")
+    score = partial(_median_score, method, pairs=pairs, metric=metric)
+    params = [dict(p) for p in grid]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(params))) as pool:
+            scores = list(pool.map(score, params))
+    else:
+        scores = [score(p) for p in params]
+    scored = list(zip(params, scores, strict=True))
     best = max(scored, key=lambda item: item[1])
-    return Tuned(best[0], best[1], scored)
+    return Tuned(best[0], best[1], metric, scored)
+
+
+def _median_score(method: Method, params: Mapping[str, Any], pairs: Sequence[Pair], metric: str) -> float:
+    """Median plain ``metric`` of ``method(lq, **params)`` against ``hq`` over ``pairs``."""
+    return float(np.median([compare(method(lq, **params), hq)["plain"][metric] for lq, hq in pairs]))
