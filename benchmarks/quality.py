@@ -38,7 +38,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,23 +394,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="confocalize-quality-") as tmp:
         work = args.work_dir or Path(tmp)
-        jobs = [(name, work, budget, args.quick, args.seed, every, args.tuning_workers) for name in args.tracks]
-        if args.jobs > 1:
-            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = dict(zip(args.tracks, pool.map(track_job, *zip(*jobs)), strict=True))
-        else:
-            results = {job[0]: track_job(*job) for job in jobs}
-    doc = {
-        "settings": {
+        settings = {
             "quick": args.quick, "minutes_per_model": minutes, "steps_per_model": args.steps_per_model,
             "budget": budget.describe(), "w2s_every_nth_field": {"train": every[0], "test": every[1]},
             "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "normalisation": NORMALISATION,
             "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
-        },
-        "tracks": results,
-        "seconds": time.perf_counter() - start,
-    }  # fmt: skip
-    print(f"written {write_results('quality', doc)}")
+        }  # fmt: skip
+        results: dict[str, Any] = {}
+        doc: dict[str, Any] = {}
+
+        def done(name: str, summary: dict[str, Any]) -> None:
+            """Write the results so far: a run stopped later keeps the finished tracks."""
+            results[name] = summary
+            doc.update(settings=settings, tracks={t: results[t] for t in args.tracks if t in results}, seconds=time.perf_counter() - start)
+            print(f"written {write_results('quality', doc)}")
+
+        jobs = {name: (name, work, budget, args.quick, args.seed, every, args.tuning_workers) for name in args.tracks}
+        if args.jobs > 1:
+            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(track_job, *job): name for name, job in jobs.items()}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+        else:
+            for name, job in jobs.items():
+                done(name, track_job(*job))
     return doc
 
 
