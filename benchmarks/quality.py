@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = {
             "quick": args.quick, "minutes_per_model": minutes, "steps_per_model": args.steps_per_model,
             "budget": budget.describe(), "w2s_every_nth_field": {"train": every[0], "test": every[1]},
-            "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "normalisation": NORMALISATION,
+            "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "normalisation": NORMALISATION, "jobs": args.jobs,
             "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
         }  # fmt: skip
         results: dict[str, Any] = {}

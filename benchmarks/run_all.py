@@ -149,6 +149,14 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
              "correlation resolution against HQ at the 1/7 threshold (smaller is sharper). Classical parameters were tuned "
              "on training fields only; learned methods list their training steps. In the figures *generated* is the default model.",
              "", *(f"- `{name}`: {text}" for name, text in s["learned"].items()), ""]  # fmt: skip
+    gpu = quality.get("machine", {}).get("gpu")
+    if gpu:
+        lines += [f"Learned models trained on one {gpu}, {s.get('jobs', 'all')} tracks at a time sharing it "
+                  "(a wall-time budget is then shared-GPU time); classical methods on its CPU cores.", ""]  # fmt: skip
+    every = s.get("w2s_every_nth_field", {"train": 1, "test": 1})
+    if every != {"train": 1, "test": 1}:
+        lines += [f"Track A used one training field in {every['train']} and one test field in {every['test']} of the official "
+                  "split (a smaller copy of the data); the split stays by field.", ""]  # fmt: skip
     for t, tr in quality["tracks"].items():
         lines += [f"### Track {t}: {tr['title']}", "",
                   f"{tr['n_train_images']} training images ({len(tr['train_fields'])} fields), {tr['n_test_images']} test images "
@@ -162,8 +170,7 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
                          f"{med['ssim']:.3f} [{iqr['ssim'][0]:.3f}, {iqr['ssim'][1]:.3f}]", f"{med['mse']:.2e}", f"{med['nrmse']:.3f}",
                          "—" if method == "lq" else f"{rel['psnr']:+.1%} / {rel['ssim']:+.1%}", frc])  # fmt: skip
         lines += table(["method", "PSNR dB [IQR]", "SSIM [IQR]", "MSE", "NRMSE", "vs LQ: PSNR / SSIM", "FRC px"], rows)
-        figure = Path(tr["figure"])
-        rel_fig = figure.relative_to(REPO) if figure.is_relative_to(REPO) else figure
+        rel_fig = RESULTS.relative_to(REPO) / "quality" / t / Path(tr["figure"]).name  # written there, on whichever machine
         lines += ["", f"**{tr['verdict']}**", "", f"Figure (one test field per row): `{rel_fig}`.", ""]
     return lines
 
