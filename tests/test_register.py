@@ -223,3 +223,21 @@ def test_register_folder_of_simulated_fields(tmp_path):
         assert (tmp_path / "pairs" / "overlays" / f"{record.name}.png").stat().st_size > 0
         hq_shape = read_image(record.source_hq).data.shape
         assert point_rms(truth[record.name], np.array(record.lq_from_hq), hq_shape, (128, 128)) <= TOLERANCE
+
+
+def test_register_folder_keeps_given_fields_unique_names_and_no_stale_outputs(tmp_path):
+    simulate(tmp_path / "sim", n_fields=1, params=SimulationParams(size=128), seed=1)
+    ((lq, hq),) = match_by_name(tmp_path / "sim" / "lq", tmp_path / "sim" / "hq")
+    out = tmp_path / "pairs"
+    first = register_folder([(lq, hq, "slide-7"), (lq, hq, None)], out)
+    stem = first[0].name
+    assert [r.name for r in first] == [stem, f"{stem}_2"] and [r.field for r in first] == ["slide-7", stem]
+    assert all(r.status == "ok" for r in first), [r.reason for r in first]
+    assert json.loads((out / "pairs.json").read_text())["registration_options"]["min_overlap"] == RegistrationOptions().min_overlap
+
+    rng = np.random.default_rng(3)  # the same name again, now with an HQ of something else: rejected, old files gone
+    write_image(tmp_path / "odd.tif", texture(rng)[:128, :128], "YX", 0.07)
+    (second,) = register_folder([(lq, tmp_path / "odd.tif")], out)
+    assert second.status == "rejected"
+    assert not (out / "lq" / f"{stem}.ome.tif").exists() and not (out / "hq" / f"{stem}.ome.tif").exists()
+    assert not (out / "overlays" / f"{stem}.png").exists()

@@ -71,7 +71,7 @@ def cmd_register(args: argparse.Namespace) -> None:
     from confocalize.register import RegistrationOptions
 
     if args.pairs_csv:
-        pairs = [(lq, hq) for lq, hq, _ in read_pairs_csv(args.pairs_csv)]
+        pairs = read_pairs_csv(args.pairs_csv)
     elif args.lq_dir and args.hq_dir:
         pairs = match_by_name(args.lq_dir, args.hq_dir)
     else:

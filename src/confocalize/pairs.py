@@ -160,7 +160,7 @@ def collect_pairs(
 
 
 def register_folder(
-    pairs: Sequence[tuple[Path, Path]],
+    pairs: Sequence[tuple[Path, Path] | tuple[Path, Path, str | None]],
     out_dir: str | os.PathLike,
     options: RegistrationOptions | None = None,
     field_pattern: str | None = None,
@@ -168,35 +168,53 @@ def register_folder(
     hq_pixel_size: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[PairRecord]:
-    """Register every (LQ, HQ) pair and write the pairs folder: cropped LQ, registered HQ,
-    an overlay PNG per pair and ``pairs.json``. Pairs that cannot be registered are listed as
-    rejected with their reason, never kept."""
-    from confocalize.register import register_pair, write_overlay
+    """Register every (LQ, HQ[, field]) pair and write the pairs folder: cropped LQ, registered HQ,
+    an overlay PNG per pair and ``pairs.json`` (with the registration options). Pairs that cannot
+    be registered are listed as rejected with their reason, never kept; files an earlier run left
+    for them are removed. A field given with a pair wins over ``field_pattern``; names are made
+    unique (``NAME_2`` ...) when two LQ files share one."""
+    from confocalize.register import RegistrationOptions, register_pair, write_overlay
 
     out = Path(out_dir)
+    options = options or RegistrationOptions()
     records: list[PairRecord] = []
-    for i, (lq_path, hq_path) in enumerate(pairs):
-        name = image_stem(lq_path)
-        record = PairRecord(name=name, field=field_of(name, field_pattern), lq=f"lq/{name}.ome.tif", hq=f"hq/{name}.ome.tif",
-                            source_lq=str(lq_path), source_hq=str(hq_path))
+    used: set[str] = set()
+    for i, (lq_path, hq_path, *given) in enumerate(pairs):
+        name = _unique(image_stem(lq_path), used)
+        fld = given[0] if given and given[0] else field_of(image_stem(lq_path), field_pattern)
+        record = PairRecord(name=name, field=fld, lq=f"lq/{name}.ome.tif", hq=f"hq/{name}.ome.tif",
+                            source_lq=str(lq_path), source_hq=str(hq_path))  # fmt: skip
+        overlay = out / "overlays" / f"{name}.png"
         try:
             lq = read_image(lq_path, pixel_size=lq_pixel_size)
             hq = read_image(hq_path, pixel_size=hq_pixel_size)
             reg = register_pair(lq, hq, options)
         except RegistrationError as exc:
             record.status, record.reason = "rejected", str(exc)
+            for stale in (*record.paths(out), overlay):
+                stale.unlink(missing_ok=True)
         else:
             y0, x0, y1, x1 = reg.crop
             write_image(out / record.lq, lq.data[..., y0:y1, x0:x1], lq.axes, lq.pixel_size, lq.z_step)
             write_image(out / record.hq, reg.hq_on_lq[..., y0:y1, x0:x1], reg.axes, lq.pixel_size, hq.z_step)
-            write_overlay(out / "overlays" / f"{name}.png", lq, reg)
+            write_overlay(overlay, lq, reg)
             record.lq_from_hq = np.asarray(reg.lq_from_hq).tolist()
             record.crop, record.pixel_size, record.quality = list(reg.crop), lq.pixel_size, reg.quality
         records.append(record)
         if progress:
             progress(i + 1, len(pairs))
-    write_manifest(out, records)
+    write_manifest(out, records, {"registration_options": options.model_dump()})
     return records
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3`` ... if taken; records the result in ``used``."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}_{n}"
+    used.add(candidate)
+    return candidate
 
 
 def summary_rows(records: Sequence[PairRecord]) -> tuple[list[str], list[list[str]]]:
