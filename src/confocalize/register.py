@@ -60,7 +60,7 @@ class RegistrationOptions(Strict):
     angle_step_deg: float = Field(2.0, gt=0, le=10, description="step of the coarse rotation sweep")
     allow_flip: bool = Field(True, description="also try the mirrored HQ (camera mounted flipped)")
     beads: bool = Field(False, description="fit the final affine to matched point sources (bead slides)")
-    sigma_px: float = Field(2.0, ge=0.5, le=20, description="finest band-pass scale in LQ pixels (about the wide-field PSF)")
+    sigma_px: float = Field(1.25, ge=0.5, le=20, description="finest band-pass scale in LQ pixels (about the wide-field PSF sigma)")
     coarse_size: int = Field(192, ge=32, le=1024, description="pixels across the coarse search grid")
     max_points: int = Field(2**17, ge=1000, description="most pixels sampled per refinement level")
     max_scale_error: float = Field(0.05, gt=0, lt=1, description="refuse a fitted scale this far from the pixel-size ratio")
