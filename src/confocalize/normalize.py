@@ -25,9 +25,11 @@ class Normalization:
         """Width of the mapped intensity range (never zero)."""
         return max(self.hi - self.lo, EPS)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Map raw intensities to normalised float32 units."""
-        return ((np.asarray(x, dtype=np.float32) - self.lo) / self.scale).astype(np.float32)
+    def apply(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Map raw intensities to normalised float32 units (into ``out``, float32 of ``x``'s shape, if given)."""
+        y = np.subtract(x, np.float32(self.lo), out=out, dtype=np.float32)
+        y /= np.float32(self.scale)
+        return y
 
     def invert(self, y: np.ndarray) -> np.ndarray:
         """Map normalised units back to raw intensities (float32)."""

@@ -179,9 +179,13 @@ def enhance_image(
     if zoom is not None:
         czyx = _resize_yx(czyx, [zoom * n for n in czyx.shape[-2:]])
     low, high = package.normalization.low, package.normalization.high
-    normalised = np.stack([percentile_normalization(percentile_sample(c), low, high).apply(c) for c in czyx])
+    normalised = np.empty(czyx.shape, dtype=np.float32)  # filled channel by channel: no full-size temporaries
+    for c, out in zip(czyx, normalised, strict=True):
+        percentile_normalization(percentile_sample(c), low, high).apply(c, out=out)
     k = package.context_slices
-    result = np.concatenate([_predict_stack(package.generator, normalised, g, k, tile, batch_size) for g in groups])
+    stacks = [_predict_stack(package.generator, normalised, g, k, tile, batch_size) for g in groups]
+    del normalised
+    result = stacks[0] if len(stacks) == 1 else np.concatenate(stacks)
     if not np.all(np.isfinite(result)):  # never hand on garbage: NaN weights, or an overflow inside the network
         raise ConfocalizeError(f"{where}: the model's output holds NaN/Inf; its weights are unusable, retrain it or use another model")
     if zoom is not None:
@@ -224,7 +228,8 @@ def _predict_stack(
 ) -> np.ndarray:
     """``channels`` of a ``(C, Z, Y, X)`` array -> ``(C_out, Z, Y, X)``, plane by plane."""
     inputs = (network_input(czyx, channels, z, context) for z in range(czyx.shape[1]))
-    return np.stack([predict_array(generator, x, tile, batch_size) for x in inputs], axis=1)
+    planes = [predict_array(generator, x, tile, batch_size) for x in inputs]
+    return planes[0][:, None] if len(planes) == 1 else np.stack(planes, axis=1)
 
 
 def _from_czyx(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
@@ -300,5 +305,7 @@ def _output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") ->
 def _to_dtype(data: np.ndarray, dtype: OutputDtype) -> np.ndarray:
     """float32 as is; uint16 as round(clip(x, 0, 1) * 65535)."""
     if dtype == "uint16":
-        return np.rint(np.clip(data, 0.0, 1.0) * UINT16_MAX).astype(np.uint16)
+        scaled = np.clip(data, 0.0, 1.0)  # one float temporary, then in place
+        scaled *= UINT16_MAX
+        return np.rint(scaled, out=scaled).astype(np.uint16)
     return data.astype(np.float32, copy=False)

@@ -35,7 +35,8 @@ def context_indices(z: int, n_planes: int, context: int) -> list[int]:
 def network_input(czyx: Array, channels: Sequence[int], z: int, context: int) -> Array:
     """``(len(channels) * (2 * context + 1), Y, X)`` input planes for output plane ``z`` of a ``(C, Z, Y, X)`` array."""
     planes = context_indices(z, czyx.shape[1], context)  # type: ignore[attr-defined]
-    return np.stack([czyx[c, i] for c in channels for i in planes])  # type: ignore[index]
+    selected = [czyx[c, i] for c in channels for i in planes]  # type: ignore[index]
+    return selected[0][None] if len(selected) == 1 else np.stack(selected)  # one plane: a view, not a copy
 
 
 def data_groups(n_channels: int, joint: bool) -> list[list[int]]:
