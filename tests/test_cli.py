@@ -128,6 +128,17 @@ def test_unregistrable_pair_is_listed_as_rejected(tmp_path, capsys, rng):
     assert not (tmp_path / "pairs" / "lq" / "a.ome.tif").exists()
 
 
+def test_a_blank_or_corrupt_file_is_rejected_and_the_batch_goes_on(tmp_path, capsys, rng):
+    write_image(tmp_path / "lq" / "blank.tif", np.full((96, 96), 5, np.uint16), "YX", pixel_size=0.1)
+    write_image(tmp_path / "hq" / "blank.tif", (rng.random((96, 96)) * 1000).astype(np.uint16), "YX", pixel_size=0.1)
+    (tmp_path / "lq" / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    write_image(tmp_path / "hq" / "broken.tif", (rng.random((96, 96)) * 1000).astype(np.uint16), "YX", pixel_size=0.1)
+    code, out, err = run_cli(capsys, "register", tmp_path / "lq", tmp_path / "hq", "-o", tmp_path / "pairs")
+    assert_user_error(code, err, "no pair could be registered")
+    reasons = {p["name"]: p["reason"] for p in json.loads((tmp_path / "pairs" / "pairs.json").read_text())["pairs"]}
+    assert "is blank" in reasons["blank"] and "broken.tif" in reasons["broken"]
+
+
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  patch_size: [red]\n")

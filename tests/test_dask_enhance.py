@@ -22,7 +22,7 @@ from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, read_image, write_image
 from confocalize.lazyio import create_ome_zarr, open_lazy
 from confocalize.package import ModelPackage, build_generator, save_package
-from confocalize.predict import _to_dtype, enhance_image
+from confocalize.predict import to_dtype, enhance_image
 
 
 def random_package(depth: int = 2, in_channels: int = 1, out_channels: int = 1, context: int = 0) -> ModelPackage:
@@ -79,7 +79,7 @@ def test_enhance_to_zarr_writes_ngff_05_with_axes_and_pixel_size(tmp_path, rng):
     (dataset,) = multiscale["datasets"]
     assert dataset["coordinateTransformations"][0]["scale"] == pytest.approx([0.4, 0.13, 0.13])
     data = zarr.open_array(out / dataset["path"], mode="r")[...]  # the dataset path comes from the metadata
-    expected = _to_dtype(enhance_image(package, read_image(src)).data, "uint16")
+    expected = to_dtype(enhance_image(package, read_image(src)).data, "uint16")
     assert data.dtype == np.uint16 and np.abs(data.astype(int) - expected).max() <= 1
     back = open_lazy(out)
     assert (back.axes, back.pixel_size, back.z_step) == ("ZYX", pytest.approx(0.13), pytest.approx(0.4))

@@ -57,10 +57,10 @@ from confocalize.predict import (
     DEFAULT_TILE,
     OutputDtype,
     Progress,
-    _from_czyx,
-    _output_paths,
-    _round_up,
-    _to_dtype,
+    from_czyx,
+    output_paths,
+    round_up,
+    to_dtype,
     check_fit,
     default_halo,
     predict_array,
@@ -159,14 +159,14 @@ def enhance_lazy(
     )
     k = package.context_slices
     planes = [da.stack([plan.enhance(network_input(normalised, g, z, k)) for z in range(czyx.shape[1])], axis=1) for g in groups]
-    return image.with_data(*_from_czyx(da.concatenate(planes), image.axes))
+    return image.with_data(*from_czyx(da.concatenate(planes), image.axes))
 
 
 def chunk_size(generator: UNet, tile: int, chunk: int | None = None) -> int:
     """Chunk edge in pixels: ``chunk``, or ``tile - 2 * halo`` (a chunk and its halo make one tile); on the grid, >= the halo."""
     halo, m = default_halo(generator), generator.multiple
     wanted = chunk if chunk is not None else (tile - 2 * halo) // m * m
-    return max(_round_up(wanted, m), halo, m)
+    return max(round_up(wanted, m), halo, m)
 
 
 def _axis_chunks(length: int, size: int, halo: int) -> tuple[int, ...]:
@@ -232,7 +232,7 @@ def enhance_to_zarr(
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
     files = list_inputs(inputs)
-    targets = _output_paths(files, Path(out_dir), ZARR_OUTPUT)
+    targets = output_paths(files, Path(out_dir), ZARR_OUTPUT)
     size = chunk_size(package.generator, tile, chunk)
     images = [open_lazy(f, axes, pixel_size, size) for f in files]
     scheduler = client if client is not None else "synchronous"
@@ -241,7 +241,7 @@ def enhance_to_zarr(
         jobs = []
         for image, norm, tmp in zip(images, norms, staged, strict=True):
             enhanced = enhance_lazy(package, image, tile, size, batch_size, norm)
-            data = enhanced.data.map_blocks(_to_dtype, dtype, dtype=dtype)
+            data = enhanced.data.map_blocks(to_dtype, dtype, dtype=dtype)
             data = data.rechunk(tuple(c[0] for c in data.chunks))  # regular, like the Zarr chunks
             jobs.append((data, create_ome_zarr(tmp, enhanced.with_data(data))))
         for done, index in enumerate(_completed(jobs, client), start=1):

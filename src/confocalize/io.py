@@ -95,7 +95,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: flo
     else:
         raise ConfocalizeError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(IMAGE_SUFFIXES)}")
     data = _check_data(path, data)
-    final_axes = _check_axes(path, data, axes.upper() if axes else file_axes)
+    final_axes = check_axes(path, data, axes.upper() if axes else file_axes)
     px = check_pixel_size(pixel_size, str(path)) if pixel_size is not None else file_px
     return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path)
 
@@ -108,7 +108,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]
             series = tif.series[0]
             data = series.asarray()
             axes = series.axes
-            px, z_step = _tiff_pixel_size(tif)
+            px, z_step = tiff_pixel_size(tif)
     except ConfocalizeError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files
@@ -117,7 +117,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]
     damage = next((m for m in warned if _TIFF_DAMAGE.search(m)), None)
     if damage is not None:  # tifffile read what it could of a truncated file: planes or metadata are missing
         raise ConfocalizeError(f"{path}: damaged or truncated TIFF ({damage.splitlines()[0]}); re-export or re-copy it")
-    data, axes = _canonical_axes(data, axes)
+    data, axes = canonical_axes(data, axes)
     return data, axes, px, z_step
 
 
@@ -148,7 +148,7 @@ def _tifffile_warnings() -> Iterator[list[str]]:
         log.setLevel(level)
 
 
-def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
     """Pixel size and z step in µm from OME-XML, ImageJ metadata or resolution tags."""
     if tif.is_ome and tif.ome_metadata:
         meta = tifffile.xml2dict(tif.ome_metadata)
@@ -203,7 +203,7 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str, float | None, float | Non
     return data, "YX", None, None
 
 
-def _canonical_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+def canonical_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     """Bring tifffile's axes to one of YX, ZYX, CYX, CZYX (drop singletons, samples -> C)."""
     axes = axes.upper().replace("S", "C").replace("Q", "Z").replace("I", "Z")
     for ax in "TCZ":  # squeeze singleton non-spatial axes
@@ -238,7 +238,8 @@ def check_pixels(where: str, data: np.ndarray) -> None:
         raise ConfocalizeError(f"{where}: pixel values up to {np.abs(data).max():.3g} exceed ±{MAX_MAGNITUDE:g}; rescale the image")
 
 
-def _check_axes(path: Path, data: np.ndarray, axes: str) -> str:
+def check_axes(path: Path, data: np.ndarray, axes: str) -> str:
+    """``axes`` if it is one of the supported layouts and matches ``data``'s rank, else a one-line error naming ``path``."""
     if axes not in AXES:
         raise ConfocalizeError(f"{path}: axes '{axes}' are not supported; use one of {', '.join(AXES)} (option --axes)")
     if len(axes) != data.ndim:

@@ -33,9 +33,9 @@ from confocalize.io import (
     SUPPORTED_DTYPES,
     TIFF_SUFFIXES,
     Image,
-    _canonical_axes,
-    _check_axes,
-    _tiff_pixel_size,
+    canonical_axes,
+    check_axes,
+    tiff_pixel_size,
     check_pixel_size,
 )
 
@@ -66,8 +66,8 @@ def open_lazy(path: str | os.PathLike, axes: str | None = None, pixel_size: floa
         raise ConfocalizeError(f"{path}: not a TIFF or Zarr image; chunked enhance reads .tif, .ome.tif, .zarr and .ome.zarr")
     if data.dtype.type not in SUPPORTED_DTYPES:
         raise ConfocalizeError(f"{path}: pixel type {data.dtype} is not supported; save as 8/16/32-bit integer or 32-bit float")
-    data, file_axes = _canonical_axes(data, file_axes)
-    final_axes = _check_axes(path, data, axes.upper() if axes else file_axes)
+    data, file_axes = canonical_axes(data, file_axes)
+    final_axes = check_axes(path, data, axes.upper() if axes else file_axes)
     px = check_pixel_size(pixel_size, str(path)) if pixel_size is not None else px
     return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path)
 
@@ -101,7 +101,7 @@ def _open_tiff(path: Path, chunk: int) -> tuple[da.Array, str, float | None, flo
             series = tif.series[0]
             source = TiffRegions(path, tuple(series.shape), np.dtype(series.dtype))
             axes = series.axes
-            px, z_step = _tiff_pixel_size(tif)
+            px, z_step = tiff_pixel_size(tif)
     except ConfocalizeError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from confocalize.errors import ConfocalizeError, RegistrationError
+from confocalize.errors import ConfocalizeError
 from confocalize.io import image_stem, list_images, read_image, write_image, write_json
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def register_folder(
 ) -> list[PairRecord]:
     """Register every (LQ, HQ[, field]) pair and write the pairs folder: cropped LQ, registered HQ,
     an overlay PNG per pair and ``pairs.json`` (with the registration options). Pairs that cannot
-    be registered are listed as rejected with their reason, never kept; files an earlier run left
+    be read or registered are listed as rejected with their reason, never kept; files an earlier run left
     for them are removed. A field given with a pair wins over ``field_pattern``; names are made
     unique (``NAME_2`` ...) when two LQ files share one."""
     from confocalize.register import RegistrationOptions, register_pair, write_overlay
@@ -189,7 +189,7 @@ def register_folder(
             lq = read_image(lq_path, pixel_size=lq_pixel_size)
             hq = read_image(hq_path, pixel_size=hq_pixel_size)
             reg = register_pair(lq, hq, options)
-        except RegistrationError as exc:
+        except ConfocalizeError as exc:  # unreadable or unregistrable: listed with its reason, the others go on
             record.status, record.reason = "rejected", str(exc)
             for stale in (*record.paths(out), overlay):
                 stale.unlink(missing_ok=True)

@@ -64,7 +64,7 @@ class _Span:
 
 def default_halo(generator: UNet) -> int:
     """Context dropped at inner tile edges: half the receptive field, up to a multiple of ``generator.multiple``."""
-    return _round_up(generator.receptive_field // 2, generator.multiple)
+    return round_up(generator.receptive_field // 2, generator.multiple)
 
 
 def predict_array(
@@ -86,8 +86,8 @@ def predict_array(
     if tile < 1 or batch_size < 1:
         raise ConfocalizeError(f"tile ({tile}) and batch size ({batch_size}) must be at least 1; give positive values")
     m = generator.multiple
-    halo = _round_up(default_halo(generator) if halo is None else max(halo, 0), m)
-    tile = _round_up(max(tile, 2 * halo + BLEND + m), m)
+    halo = round_up(default_halo(generator) if halo is None else max(halo, 0), m)
+    tile = round_up(max(tile, 2 * halo + BLEND + m), m)
     tiles = list(itertools.product(_axis_spans(x.shape[1], tile, halo, m), _axis_spans(x.shape[2], tile, halo, m)))
     out = np.zeros((generator.head.out_channels, *x.shape[1:]), dtype=np.float32)
     with _inference(generator) as device:
@@ -98,7 +98,8 @@ def predict_array(
     return out
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``value``."""
     return -(-value // multiple) * multiple
 
 
@@ -190,7 +191,7 @@ def enhance_image(
         raise ConfocalizeError(f"{where}: the model's output holds NaN/Inf; its weights are unusable, retrain it or use another model")
     if zoom is not None:
         result = _resize_yx(result, image.data.shape[-2:])
-    return image.with_data(*_from_czyx(result, image.axes))
+    return image.with_data(*from_czyx(result, image.axes))
 
 
 def check_fit(package: ModelPackage, image: Image, resample: bool = False) -> float | None:
@@ -232,7 +233,7 @@ def _predict_stack(
     return planes[0][:, None] if len(planes) == 1 else np.stack(planes, axis=1)
 
 
-def _from_czyx(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+def from_czyx(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     """Drop the Z axis (and a single C axis) that ``axes`` did not have."""
     if "Z" not in axes:
         data = data[:, 0]
@@ -268,7 +269,7 @@ def enhance_files(
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
     files = list_images(inputs)
-    targets = _output_paths(files, Path(out_dir))
+    targets = output_paths(files, Path(out_dir))
     keep_going = any(Path(item).is_dir() for item in inputs) if keep_going is None else keep_going
     ledger = Ledger(content_sha256(package), {"dtype": dtype, "axes": axes, "pixel_size": pixel_size, "resample": resample})
     for done, (src, dst) in enumerate(zip(files, targets), start=1):
@@ -280,14 +281,14 @@ def enhance_files(
                     raise
                 ledger.fail(src, exc)
             else:
-                write_image(dst, _to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
+                write_image(dst, to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
                 ledger.wrote(src, dst)
         if progress is not None:
             progress(done, len(files))
     return ledger.summary()
 
 
-def _output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") -> list[Path]:
+def output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") -> list[Path]:
     """``out_dir/NAME.ome.tif`` (or another ``suffix``) per input; an error if one is an input or two coincide."""
     targets = [out_dir / f"{image_stem(f)}{suffix}" for f in files]
     sources = {f.resolve(): f for f in files}
@@ -302,7 +303,7 @@ def _output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") ->
     return targets
 
 
-def _to_dtype(data: np.ndarray, dtype: OutputDtype) -> np.ndarray:
+def to_dtype(data: np.ndarray, dtype: OutputDtype) -> np.ndarray:
     """float32 as is; uint16 as round(clip(x, 0, 1) * 65535)."""
     if dtype == "uint16":
         scaled = np.clip(data, 0.0, 1.0)  # one float temporary, then in place

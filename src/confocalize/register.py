@@ -195,6 +195,8 @@ def _check_input(image: Image) -> None:
         raise ConfocalizeError(f"{label}: {data.shape[-2]}x{data.shape[-1]} pixels is too small to register; need {MIN_SIDE} or more per side")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise ConfocalizeError(f"{label}: holds NaN or Inf pixels; replace them (e.g. with the background) first")
+    if data.min() == data.max():
+        raise RegistrationError(f"{label}: is blank (every pixel {data.flat[0]}); nothing to register, check the file")
 
 
 def pixel_ratio(lq: Image, hq: Image) -> float:
