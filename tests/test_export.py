@@ -79,3 +79,20 @@ def test_missing_export_extra_is_a_one_line_error(tmp_path: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
     with pytest.raises(ConfocalizeError, match=r"pip install 'confocalize\[export\]'"):
         export_onnx(make_package(), tmp_path / "m.onnx")
+
+
+def test_bioimageio_export_describes_the_planes_of_a_2p5d_model(tmp_path: Path, offline) -> None:
+    from dataclasses import replace
+
+    from confocalize.config import GeneratorConfig
+    from confocalize.export import export_bioimageio, input_channel_names
+    from confocalize.package import build_generator
+
+    torch.manual_seed(0)
+    package = replace(make_package(), generator=build_generator(GeneratorConfig(depth=2, base_channels=4), in_channels=3).eval(),
+                      in_channels=3, context_slices=1)  # fmt: skip
+    assert input_channel_names(package) == ["c0_zm1", "c0_z0", "c0_zp1"]
+    bio_path = export_bioimageio(package, tmp_path / "bmz.zip")
+    with zipfile.ZipFile(bio_path) as zf:
+        rdf, readme = zf.read("rdf.yaml").decode(), zf.read("README.md").decode()
+    assert "c0_zm1" in rdf and "2.5D: planes z-1..z+1" in rdf and "2.5D model" in readme

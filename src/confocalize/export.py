@@ -244,8 +244,8 @@ def _input_descr(package: ModelPackage, folder: Path) -> Any:
     size = bio.ParameterizedSize(min=_min_size(gen), step=gen.multiple)
     return bio.InputTensorDescr(
         id=bio.TensorId("raw"),
-        description="LQ (wide-field) image, raw intensities",
-        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=_channel_names(package.in_channels))]
+        description=_input_text(package),
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in input_channel_names(package)])]
         + [bio.SpaceInputAxis(id=bio.AxisId(a), size=size, **_space_axis(package)) for a in "yx"],
         test_tensor=bio.FileDescr(source=folder / "test_input.npy"),
         sample_tensor=bio.FileDescr(source=folder / "sample_input.tif"),
@@ -284,6 +284,24 @@ def _channel_names(n: int) -> list[Any]:
     from bioimageio.spec.model import v0_5 as bio
 
     return [bio.Identifier(f"channel{i}") for i in range(n)]
+
+
+def input_channel_names(package: ModelPackage) -> list[str]:
+    """Names of the network's input channels: ``channelC``, or ``cC_zmK``/``cC_z0``/``cC_zpK`` for 2.5D models."""
+    k = package.context_slices
+    if k == 0:
+        return [f"channel{i}" for i in range(package.in_channels)]
+    offsets = [f"zm{-o}" if o < 0 else f"zp{o}" if o > 0 else "z0" for o in range(-k, k + 1)]
+    return [f"c{c}_{o}" for c in range(package.in_channels // (2 * k + 1)) for o in offsets]
+
+
+def _input_text(package: ModelPackage) -> str:
+    """The input tensor's description; 2.5D models say how the planes are laid out."""
+    text = "LQ (wide-field) image, raw intensities"
+    k = package.context_slices
+    if k:
+        text += f"; 2.5D: planes z-{k}..z+{k} of each channel as input channels, output plane z"
+    return text  # the spec allows 128 characters; the README says more
 
 
 def _weights_descr(package: ModelPackage, folder: Path) -> Any:
@@ -340,6 +358,11 @@ def _readme(package: ModelPackage) -> str:
     lines = [f"# {_name(package)}", "", _description(package), ""]
     low, high = package.normalization.low, package.normalization.high
     lines += ["## Input", "", f"Raw LQ intensities; percentile-normalised ({low} to {high}) by the model's preprocessing.", ""]
+    k = package.context_slices
+    if k:
+        lines += [f"2.5D model: the input channels are planes z-{k} .. z+{k} of each channel ({', '.join(input_channel_names(package))}; "
+                  "repeat the end plane at the stack ends) and the output is plane z. The preprocessing here normalises "
+                  "each input plane; confocalize normalises each channel over its whole stack, which keeps dim planes dim.", ""]  # fmt: skip
     px = package.lq_pixel_size
     if px:
         lines += [f"Trained at an LQ pixel size of {px:g} µm: resample inputs to it (within {FIT_TOLERANCE:.0%}).", ""]
