@@ -37,7 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from confocalize import __version__
-from confocalize.config import TrainConfig, dump_config
+from confocalize.config import TrainConfig, TrainerConfig, dump_config
 from confocalize.data import (
     CentralCrops,
     PairedPatches,
@@ -327,12 +327,18 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         num_nodes=t.num_nodes,
         strategy=strategy,
         precision=t.precision,  # type: ignore[arg-type]
+        sync_batchnorm=_on_gpu(t),  # BatchNorm statistics over all processes; torch syncs them on GPUs only
         logger=_loggers(Path(config.output_dir) / "logs"),
         callbacks=[*training_guards(t, Path(config.output_dir) / "checkpoints" / LAST, n_optimizers), checkpoints]
         + ([_ProgressBar()] if show_progress else []),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=config.output_dir,
     )
+
+
+def _on_gpu(t: TrainerConfig) -> bool:
+    """Whether the trainer will run on CUDA devices."""
+    return t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
 
 
 class _ProgressBar(RichProgressBar):
