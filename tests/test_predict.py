@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from confocalize.io import Image, read_image, write_image
 from confocalize.nets import UNet
 from confocalize.normalize import normalize
 from confocalize.package import ModelPackage, build_generator
-from confocalize.predict import default_halo, enhance_files, enhance_image, predict_array
+from confocalize.predict import TilingWarning, default_halo, enhance_files, enhance_image, predict_array
 
 WHOLE = 10**6  # a tile edge larger than any test image: inference on the whole image
 
@@ -155,3 +157,15 @@ def test_missing_input_and_bad_dtype_are_user_errors(tmp_path):
         enhance_files(_package(), [tmp_path / "missing.tif"], tmp_path / "out")
     with pytest.raises(ConfocalizeError, match="not supported"):
         enhance_files(_package(), [tmp_path], tmp_path / "out", dtype="uint8")  # type: ignore[arg-type]
+
+
+def test_tiles_barely_larger_than_their_halos_give_a_warning(rng):
+    net = _unet(depth=3)
+    x = rng.random((1, 256, 256)).astype(np.float32)
+    halo = default_halo(net)
+    with pytest.warns(TilingWarning, match="--tile"):
+        small = predict_array(net, x, tile=1)  # raised to the smallest legal tile: mostly halo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TilingWarning)
+        whole = predict_array(net, x, tile=8 * halo)
+    np.testing.assert_allclose(small, whole, atol=1e-5)

@@ -39,10 +39,15 @@ from confocalize.stacks import as_czyx, model_groups, network_input
 DEFAULT_TILE = 1024  # pixels per tile edge, halo included
 DEFAULT_BATCH = 1  # tiles per forward pass; raise it on a GPU with memory to spare
 BLEND = 16  # minimum overlap of neighbouring tile cores, in pixels, cross-faded
+MAX_TILE_WORK = 4.0  # computed pixels per output pixel above which predict_array warns (halos too large for the tile)
 UINT16_MAX = 65535
 FIT_TOLERANCE = 0.10  # relative pixel-size difference to the model's LQ pixel size that passes without a warning
 OutputDtype = Literal["float32", "uint16"]
 Progress = Callable[[int, int], None]
+
+
+class TilingWarning(UserWarning):
+    """Tiles so small next to their halos that most of the computation is thrown away."""
 
 
 class PixelSizeWarning(UserWarning):
@@ -89,6 +94,14 @@ def predict_array(
     halo = round_up(default_halo(generator) if halo is None else max(halo, 0), m)
     tile = round_up(max(tile, 2 * halo + BLEND + m), m)
     tiles = list(itertools.product(_axis_spans(x.shape[1], tile, halo, m), _axis_spans(x.shape[2], tile, halo, m)))
+    work = sum(sy.size * sx.size for sy, sx in tiles) / (x.shape[1] * x.shape[2])
+    if work > MAX_TILE_WORK:
+        warnings.warn(
+            f"tiles of {tile} px with a {halo} px halo compute every pixel {work:.1f} times; "
+            f"give a tile of at least {4 * halo} px (--tile) for speed",
+            TilingWarning,
+            stacklevel=2,
+        )
     out = np.zeros((generator.head.out_channels, *x.shape[1:]), dtype=np.float32)
     with _inference(generator) as device:
         for batch in _batches(tiles, batch_size):
