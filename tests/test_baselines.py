@@ -88,6 +88,7 @@ def test_reference_unet_shapes_and_receptive_field() -> None:
     assert max(np.ptp(rows), np.ptp(cols)) + 1 <= net.receptive_field
 
 
+@pytest.mark.filterwarnings("ignore::confocalize.predict.TilingWarning")  # small tiles on purpose: many seams
 def test_reference_unet_tiles_like_the_whole_image() -> None:
     torch.manual_seed(0)
     net = ReferenceUNet(depth=3, ngf=4, dropout=0.0).eval()

@@ -234,8 +234,9 @@ def check_pixels(where: str, data: np.ndarray) -> None:
     if not np.all(np.isfinite(data)):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise ConfocalizeError(f"{where}: {bad} pixels are NaN or Inf; replace them (e.g. with the background) first")
-    if np.abs(data).max() > MAX_MAGNITUDE:
-        raise ConfocalizeError(f"{where}: pixel values up to {np.abs(data).max():.3g} exceed ±{MAX_MAGNITUDE:g}; rescale the image")
+    peak = float(np.abs(data).max())  # a Python float: comparing in float16 would overflow MAX_MAGNITUDE
+    if peak > MAX_MAGNITUDE:
+        raise ConfocalizeError(f"{where}: pixel values up to {peak:.3g} exceed ±{MAX_MAGNITUDE:g}; rescale the image")
 
 
 def check_axes(path: Path, data: np.ndarray, axes: str) -> str:
