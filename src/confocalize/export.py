@@ -245,7 +245,7 @@ def _input_descr(package: ModelPackage, folder: Path) -> Any:
     return bio.InputTensorDescr(
         id=bio.TensorId("raw"),
         description=_input_text(package),
-        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in input_channel_names(package)])]
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=_identifiers(input_channel_names(package)))]
         + [bio.SpaceInputAxis(id=bio.AxisId(a), size=size, **_space_axis(package)) for a in "yx"],
         test_tensor=bio.FileDescr(source=folder / "test_input.npy"),
         sample_tensor=bio.FileDescr(source=folder / "sample_input.tif"),
@@ -266,7 +266,7 @@ def _output_descr(package: ModelPackage, folder: Path) -> Any:
     return bio.OutputTensorDescr(
         id=bio.TensorId("enhanced"),
         description="enhanced (HQ-like) image, normalised intensities (about 0..1)",
-        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=_channel_names(package.out_channels))]
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=_identifiers(_plain_names(package.out_channels)))]
         + [
             bio.SpaceOutputAxisWithHalo(
                 id=bio.AxisId(a), size=bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=bio.AxisId(a)), halo=halo,
@@ -280,17 +280,21 @@ def _output_descr(package: ModelPackage, folder: Path) -> Any:
     )
 
 
-def _channel_names(n: int) -> list[Any]:
+def _identifiers(names: list[str]) -> list[Any]:
     from bioimageio.spec.model import v0_5 as bio
 
-    return [bio.Identifier(f"channel{i}") for i in range(n)]
+    return [bio.Identifier(n) for n in names]
+
+
+def _plain_names(n: int) -> list[str]:
+    return [f"channel{i}" for i in range(n)]
 
 
 def input_channel_names(package: ModelPackage) -> list[str]:
     """Names of the network's input channels: ``channelC``, or ``cC_zmK``/``cC_z0``/``cC_zpK`` for 2.5D models."""
     k = package.context_slices
     if k == 0:
-        return [f"channel{i}" for i in range(package.in_channels)]
+        return _plain_names(package.in_channels)
     offsets = [f"zm{-o}" if o < 0 else f"zp{o}" if o > 0 else "z0" for o in range(-k, k + 1)]
     return [f"c{c}_{o}" for c in range(package.in_channels // (2 * k + 1)) for o in offsets]
 

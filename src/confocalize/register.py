@@ -39,7 +39,7 @@ from skimage.transform import AffineTransform
 
 from confocalize.config import Strict
 from confocalize.errors import ConfocalizeError, RegistrationError
-from confocalize.io import AXES, Image, atomic_write
+from confocalize.io import AXES, Image, atomic_write, check_pixels
 
 DOG_RATIO = 2.5  # outer / inner sigma of the difference-of-Gaussians band-pass
 HQ_MIN_SIGMA = 0.5  # the finest band-pass is at least this many HQ pixels (matters for ratios above 4)
@@ -189,12 +189,9 @@ def _check_input(image: Image) -> None:
     data, label = image.data, _label(image)
     if image.axes not in AXES or data.ndim != len(image.axes):
         raise ConfocalizeError(f"{label}: axes '{image.axes}' do not fit an array of shape {data.shape}; give matching --axes")
-    if data.dtype.kind not in "uif":
-        raise ConfocalizeError(f"{label}: pixel type {data.dtype} cannot be registered; save as integer or float")
     if min(data.shape[-2:]) < MIN_SIDE:
         raise ConfocalizeError(f"{label}: {data.shape[-2]}x{data.shape[-1]} pixels is too small to register; need {MIN_SIDE} or more per side")
-    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-        raise ConfocalizeError(f"{label}: holds NaN or Inf pixels; replace them (e.g. with the background) first")
+    check_pixels(label, data)  # pixel type, NaN/Inf, magnitude: as for every image read
     if data.min() == data.max():
         raise RegistrationError(f"{label}: is blank (every pixel {data.flat[0]}); nothing to register, check the file")
 

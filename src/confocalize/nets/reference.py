@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from confocalize.config import GeneratorConfig
+from confocalize.nets.unet import pad_to_multiple
 
 REFERENCE_GENERATOR = GeneratorConfig(depth=8, base_channels=64, max_channels=512, norm="batch", dropout=0.5)
 DROPOUT_BLOCKS = 3  # up blocks below the innermost one with dropout (num_downs - 5 in unet_256)
@@ -71,10 +72,7 @@ class ReferenceUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.multiple, (-w) % self.multiple
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = pad_to_multiple(x, self.multiple)
         skips = [F.leaky_relu(self.stem(x), 0.2)]
         for down in self.downs:
             skips.append(down(skips[-1]))

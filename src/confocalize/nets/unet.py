@@ -23,6 +23,19 @@ def _conv_block(c_in: int, c_out: int, norm: str, dropout: float) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` padded at the bottom and right to a height and width that are multiples of ``multiple``.
+
+    Reflection padding, or replication where the image is too small to reflect; crop the output back.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 class UNet(nn.Module):
     """Encoder-decoder with ``depth`` 2x down-samplings and skip connections at every level.
 
@@ -68,11 +81,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = self.multiple
-        pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = pad_to_multiple(x, self.multiple)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
