@@ -24,14 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from confocalize.errors import ConfocalizeError
 from confocalize.io import write_json
 
 SIDECAR_SUFFIX = ".sha256"
 SIDECAR_VERSION = 1
-PER_FILE_ERRORS = (ConfocalizeError, MemoryError, torch.OutOfMemoryError)
 
 
 @dataclass(frozen=True)

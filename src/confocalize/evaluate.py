@@ -31,7 +31,8 @@ from confocalize.errors import ConfocalizeError
 from confocalize.io import atomic_write, read_image, write_image, write_json
 from confocalize.package import ModelPackage
 from confocalize.pairs import PairPaths
-from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, Progress, as_czyx, enhance_image
+from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, Progress, enhance_image
+from confocalize.stacks import as_czyx
 
 LQ = "lq"
 GENERATED = "generated"

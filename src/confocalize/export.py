@@ -36,7 +36,8 @@ from confocalize.io import Image, atomic_write, write_image
 from confocalize.nets import UNet
 from confocalize.normalize import normalize
 from confocalize.package import ModelPackage, package_summary
-from confocalize.predict import FIT_TOLERANCE, as_czyx, default_halo, predict_array
+from confocalize.predict import FIT_TOLERANCE, default_halo, predict_array
+from confocalize.stacks import as_czyx
 
 CITATIONS = (
     (

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
-from confocalize.batch import PER_FILE_ERRORS, BatchSummary, Ledger
+from confocalize.batch import BatchSummary, Ledger
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, check_pixels, image_stem, list_images, read_image, write_image
 from confocalize.nets import UNet
@@ -43,6 +43,7 @@ MAX_TILE_WORK = 4.0  # computed pixels per output pixel above which predict_arra
 UINT16_MAX = 65535
 FIT_TOLERANCE = 0.10  # relative pixel-size difference to the model's LQ pixel size that passes without a warning
 OutputDtype = Literal["float32", "uint16"]
+PER_FILE_ERRORS = (ConfocalizeError, MemoryError, torch.OutOfMemoryError)  # a batch records these per file and goes on
 Progress = Callable[[int, int], None]
 
 
