@@ -39,6 +39,13 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_defaults_follow_pix2pix():
+def test_defaults_are_the_recipe():
     cfg = TrainConfig()
-    assert cfg.loss.l1_weight == 100 and cfg.optim.lr == 2e-4 and cfg.optim.beta1 == 0.5
+    assert cfg.loss.l1_weight == 100 and cfg.loss.adv_weight > 0 and 0 < cfg.loss.fidelity_fraction < 1  # fidelity, then GAN
+    assert cfg.optim.schedule == "cosine" and cfg.optim.ema_decay > 0 and cfg.data.patch_signal > 0
+
+
+def test_fp16_with_a_fidelity_phase_is_refused_in_one_line():
+    with pytest.raises(ConfocalizeError, match="use bf16-mixed or 32-true"):
+        parse_config({"trainer": {"precision": "16-mixed"}})
+    assert parse_config({"trainer": {"precision": "16-mixed"}, "loss": {"fidelity_fraction": 0}}).trainer.precision == "16-mixed"

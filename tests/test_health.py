@@ -3,6 +3,7 @@ clear line, and the last checkpoint on disk stays the last good one."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_exploding_learning_rate_stops_at_once_cli(pairs: Path, capsys) -> None:
     assert main(["train", "--config", str(config)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "Traceback" not in err and err.count("confocalize: error:") == 1
-    assert "training stopped at step 1: losses diverged" in err and "lower optim.lr" in err
+    assert re.search(r"training stopped at step [12]: losses diverged", err) and "lower optim.lr" in err  # 1: the weights, 2: the loss
     assert "no checkpoint had been saved yet" in err
     assert not (pairs / "lr" / "checkpoints").exists() and not (pairs / "lr" / "model").exists()
 
@@ -60,7 +61,7 @@ def test_nan_weights_keep_the_last_good_checkpoint(pairs: Path, monkeypatch: pyt
 
 def test_collapsed_discriminator_stops_training(pairs: Path) -> None:
     config = tiny_config(
-        pairs, "collapse",
+        pairs, "collapse", loss={"fidelity_fraction": 0.0},  # the discriminator learns from the first step
         trainer={"max_steps": 20, "checkpoint_every_steps": 2, "d_collapse_threshold": 10.0, "d_collapse_steps": 3},
     )  # fmt: skip
     with pytest.raises(Diverged, match=r"at step 3: discriminator collapsed \(D loss below 10 for 3 steps\)"):

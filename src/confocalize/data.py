@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from confocalize.config import DataConfig, NormalizationConfig
@@ -194,14 +195,59 @@ def read_split(path: str | os.PathLike) -> dict[str, list[PairPaths]]:
         raise ConfocalizeError(f"{path}: not a valid split file ({exc}); re-run training or restore the file") from None
 
 
+class PatchOrigins:
+    """Where training patches may start: the positions whose HQ patch holds signal.
+
+    A patch at ``(y, x)`` qualifies when the maximum of its normalised HQ target (over channels)
+    reaches ``signal`` (CSBDeep's background filter: patches of empty background teach the model
+    little and waste steps); ``signal == 0`` admits every position. Computed once per training run.
+    """
+
+    def __init__(self, images: Sequence[PairImages], patch_size: int, signal: float = 0.0) -> None:
+        self.patch_size = patch_size
+        self.masks = [_signal_mask(im.hq, patch_size, signal) for im in images]
+        self.row_counts = [np.cumsum(m.sum(axis=1)) for m in self.masks]
+        counts = np.array([c[-1] for c in self.row_counts], dtype=np.float64)
+        if counts.sum() == 0:
+            raise ConfocalizeError(
+                f"no {patch_size}-pixel training patch reaches data.patch_signal {signal:g} of the normalised HQ range; "
+                "lower data.patch_signal (0 draws patches anywhere) or check the HQ images"
+            )
+        areas = np.array([im.shape[0] * im.shape[1] for im in images], dtype=np.float64)
+        shares = counts / np.array([m.size for m in self.masks], dtype=np.float64)
+        self.weights = areas * shares / (areas * shares).sum()  # by area where every position qualifies
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """An image index and a qualifying patch origin ``(y, x)`` in it, uniform among its qualifying ones."""
+        i = int(rng.choice(len(self.masks), p=self.weights))
+        cumulative = self.row_counts[i]
+        k = int(rng.integers(cumulative[-1]))
+        y = int(np.searchsorted(cumulative, k, side="right"))
+        before = int(cumulative[y - 1]) if y else 0
+        x = int(np.flatnonzero(self.masks[i][y])[k - before])
+        return i, y, x
+
+
+def _signal_mask(hq: np.ndarray, patch_size: int, signal: float) -> np.ndarray:
+    """Boolean ``(Y - p + 1, X - p + 1)``: whether the patch starting there has an HQ maximum of at least ``signal``."""
+    h, w = hq.shape[-2] - patch_size + 1, hq.shape[-1] - patch_size + 1
+    if signal <= 0:
+        return np.ones((h, w), dtype=bool)
+    peak = ndimage.maximum_filter(hq.max(axis=0), size=patch_size, mode="nearest")
+    c = patch_size // 2  # scipy centres a window of size p at offset p // 2 from its first pixel
+    return peak[c : c + h, c : c + w] >= signal
+
+
 class PairedPatches(Dataset):
     """``length`` random, aligned LQ/HQ patches per epoch, with random flips and 90° rotations.
 
     Every image must be at least ``patch_size`` in both directions (:func:`load_pairs` checks).
-    An image is drawn with probability proportional to its area, then a patch position uniformly
-    within it. Each item's randomness comes from ``(seed, epoch, rank, index)`` alone: DDP ranks
-    and epochs see different patches, and DataLoader workers (which fetch distinct indices) never
-    repeat each other; the patches do not depend on the number of workers.
+    Positions come from ``origins`` (:class:`PatchOrigins`; by default every position): an image
+    is drawn with probability proportional to its area times its share of qualifying positions,
+    then a qualifying position uniformly within it. Each item's randomness comes from
+    ``(seed, epoch, rank, index)`` alone: DDP ranks and epochs see different patches, and
+    DataLoader workers (which fetch distinct indices) never repeat each other; the patches do not
+    depend on the number of workers.
     """
 
     def __init__(
@@ -213,23 +259,24 @@ class PairedPatches(Dataset):
         seed: int = 0,
         epoch: int = 0,
         rank: int = 0,
+        origins: PatchOrigins | None = None,
     ) -> None:
         self.images = list(images)
         self.patch_size = patch_size
         self.length = length
         self.augment = augment
         self.keys = (seed, epoch, rank)
-        areas = np.array([h * w for h, w in (im.shape for im in self.images)], dtype=np.float64)
-        self.weights = areas / areas.sum()
+        self.origins = origins if origins is not None else PatchOrigins(self.images, patch_size)
+        if self.origins.patch_size != patch_size or len(self.origins.masks) != len(self.images):
+            raise ValueError("origins were computed for other images or another patch size")
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = _rng(*self.keys, index)
-        image = self.images[rng.choice(len(self.images), p=self.weights)]
-        p = self.patch_size
-        y, x = (int(rng.integers(0, n - p + 1)) for n in image.shape)
+        i, y, x = self.origins.draw(rng)
+        image, p = self.images[i], self.patch_size
         lq, hq = image.lq[:, y : y + p, x : x + p], image.hq[:, y : y + p, x : x + p]
         if self.augment:
             k, flip = int(rng.integers(4)), bool(rng.integers(2))

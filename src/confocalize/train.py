@@ -12,8 +12,13 @@ Run folder (``config.output_dir``)::
 
 ``trainer.max_steps`` counts GENERATOR updates. Lightning's ``global_step`` counts every
 optimizer step, two per batch with a discriminator, so the Trainer gets ``max_steps * n_optimizers``
-and :attr:`Pix2Pix.generator_steps` converts back. Validation runs every ``val_every_steps``
-generator steps and once more when training stops (max_steps or max_time reached).
+and :attr:`Pix2Pix.generator_steps` converts back (in the fidelity phase the discriminator's
+optimizer steps without gradients, so the count stays two per batch). Validation runs every
+``val_every_steps`` generator steps and once more when training stops (max_steps or max_time reached).
+
+The recipe (:mod:`confocalize.recipe`): pixel losses alone first, then the adversarial term ramped
+in; learning rates warmed up and cosine-decayed over the budget; an exponential moving average of
+the generator weights is what validation scores and what the package exports.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from confocalize import __version__
@@ -42,6 +48,7 @@ from confocalize.data import (
     CentralCrops,
     PairedPatches,
     PairImages,
+    PatchOrigins,
     load_pairs,
     sample_channels,
     split_by_field,
@@ -54,8 +61,9 @@ from confocalize.metrics import compare
 from confocalize.nets import PatchGAN, UNet
 from confocalize.package import ModelPackage, Provenance, TrainingData, build_generator, save_package
 from confocalize.pairs import PairPaths, collect_pairs
+from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: EMA generator, recipe schedules
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -99,16 +107,18 @@ def architecture(config: TrainConfig) -> dict[str, Any]:
     """Network settings that must agree between a checkpoint and the module that resumes it."""
     d = config.discriminator.model_dump(mode="json") if uses_discriminator(config) else None
     channels = {"channels": config.data.channels, "context_slices": config.data.context_slices}
-    return {"generator": config.generator.model_dump(mode="json"), "discriminator": d, **channels}
+    return {"generator": config.generator.model_dump(mode="json"), "discriminator": d, "ema": config.optim.ema_decay > 0, **channels}
 
 
 class Pix2Pix(L.LightningModule):
     """U-Net generator + (optional) PatchGAN discriminator trained with manual optimisation.
 
-    Generator loss: ``l1_weight * L1 + ssim_weight * (1 - SSIM) + adv_weight * adversarial``;
-    discriminator loss ``0.5 * (real + fake)``. With ``adv_weight == 0`` there is no
-    discriminator: an L1 (+SSIM) U-Net, the CARE baseline with the same generator. ``channels`` are
-    the generator's input and output channels (:func:`confocalize.data.sample_channels`).
+    Generator loss: ``l1_weight * L1 + ssim_weight * (1 - SSIM) + ramp * adv_weight * adversarial``
+    (``ramp`` from :func:`confocalize.recipe.adversarial_ramp`); discriminator loss
+    ``0.5 * (real + fake)``, trained only after the fidelity phase. With ``adv_weight == 0`` there
+    is no discriminator: an L1 (+SSIM) U-Net, the CARE baseline with the same generator.
+    ``channels`` are the generator's input and output channels (:func:`confocalize.data.sample_channels`).
+    With ``optim.ema_decay > 0``, :attr:`generator_ema` holds the moving average of the weights.
     """
 
     def __init__(self, config: TrainConfig | dict[str, Any], channels: tuple[int, int] = (1, 1)) -> None:
@@ -120,6 +130,10 @@ class Pix2Pix(L.LightningModule):
         d_cfg = self.cfg.discriminator
         d_in = sum(channels)  # the discriminator judges the LQ input and the HQ (real or fake) together
         self.discriminator = PatchGAN(d_in, d_cfg.base_channels, d_cfg.n_layers) if uses_discriminator(self.cfg) else None
+        decay = self.cfg.optim.ema_decay
+        self.generator_ema = AveragedModel(self.generator, multi_avg_fn=_ema_update(decay), use_buffers=True) if decay > 0 else None
+        if self.generator_ema is not None:
+            self.generator_ema.requires_grad_(False)  # updated by averaging, never by an optimizer
 
     @property
     def n_optimizers(self) -> int:
@@ -131,13 +145,35 @@ class Pix2Pix(L.LightningModule):
         """Generator updates done so far."""
         return self.trainer.global_step // self.n_optimizers
 
+    @property
+    def evaluated_generator(self) -> torch.nn.Module:
+        """The generator that validation scores and the package exports: the EMA one where there is one."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
+
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
-        return self.generator(lq)
+        return self.evaluated_generator(lq)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         o = self.cfg.optim
-        nets = [self.generator] if self.discriminator is None else [self.generator, self.discriminator]
-        return [torch.optim.Adam(net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2)) for net in nets]
+        nets = [(self.generator, o.lr)] + ([] if self.discriminator is None else [(self.discriminator, o.d_lr)])
+        return [torch.optim.Adam(net.parameters(), lr=lr, betas=(o.beta1, o.beta2)) for net, lr in nets]
+
+    def train_seconds(self) -> float:
+        """Training wall time so far, resumed runs included (Lightning's timer; 0 outside a Trainer)."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None) if self._trainer else None
+        return timer.time_elapsed() if timer is not None else 0.0
+
+    def progress(self) -> float:
+        """Share of the training budget spent (steps or wall time, whichever is further)."""
+        t = self.cfg.trainer
+        max_seconds = 60 * t.max_time_minutes if t.max_time_minutes else None
+        return budget_progress(self.generator_steps, t.max_steps, self.train_seconds(), max_seconds)
+
+    def _set_learning_rates(self, progress: float, optimizers: list[Any]) -> None:
+        factor = lr_factor(progress, self.cfg.optim)
+        for opt, peak in zip(optimizers, (self.cfg.optim.lr, self.cfg.optim.d_lr), strict=False):
+            for group in opt.param_groups:
+                group["lr"] = peak * factor
 
     def _adversarial(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         target = torch.full_like(logits, 1.0 if real else 0.0)
@@ -150,9 +186,14 @@ class Pix2Pix(L.LightningModule):
         lq, hq = batch
         opts = self.optimizers()
         opt_g, opt_d = (opts, None) if self.discriminator is None else opts
+        progress = self.progress()
+        self._set_learning_rates(progress, [opt_g] if opt_d is None else [opt_g, opt_d])
+        ramp = adversarial_ramp(progress, self.cfg.loss)
         fake = self.generator(lq)
         logs: dict[str, torch.Tensor] = {}
-        if self.discriminator is not None:
+        if opt_d is not None and progress < self.cfg.loss.fidelity_fraction:
+            opt_d.step()  # no gradients: a no-op that keeps Lightning's count at two optimizer steps per batch
+        elif opt_d is not None:  # the discriminator learns from the start of the ramp on
             with self.toggled_optimizer(opt_d):
                 d_loss = 0.5 * (
                     self._adversarial(self.discriminator(lq, hq), True)
@@ -163,17 +204,20 @@ class Pix2Pix(L.LightningModule):
                 opt_d.step()
             logs["train/d_loss"] = d_loss.detach()
         with self.toggled_optimizer(opt_g):
-            g_loss = self._generator_loss(lq, hq, fake, logs)
+            g_loss = self._generator_loss(lq, hq, fake, ramp, logs)
             opt_g.zero_grad()
             self.manual_backward(g_loss)
             opt_g.step()
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=False, batch_size=lq.shape[0])
+        self.log_dict({"train/lr": opt_g.param_groups[0]["lr"], "train/adv_ramp": ramp}, on_step=True, on_epoch=False, batch_size=1)
         return logs
 
     def _generator_loss(
-        self, lq: torch.Tensor, hq: torch.Tensor, fake: torch.Tensor, logs: dict[str, torch.Tensor]
+        self, lq: torch.Tensor, hq: torch.Tensor, fake: torch.Tensor, ramp: float, logs: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """The weighted generator loss; its parts are added to ``logs``."""
+        """The weighted generator loss (adversarial term times ``ramp``); its parts are added to ``logs``."""
         w = self.cfg.loss
         l1 = F.l1_loss(fake, hq)
         loss = w.l1_weight * l1
@@ -182,9 +226,9 @@ class Pix2Pix(L.LightningModule):
             ssim = ssim_torch(fake.float(), hq.float())
             loss = loss + w.ssim_weight * (1 - ssim)
             logs["train/g_ssim"] = ssim.detach()
-        if self.discriminator is not None:
+        if self.discriminator is not None and ramp > 0:
             adv = self._adversarial(self.discriminator(lq, fake), True)
-            loss = loss + w.adv_weight * adv
+            loss = loss + ramp * w.adv_weight * adv
             logs["train/g_adv"] = adv.detach()
         return loss
 
@@ -194,11 +238,16 @@ class Pix2Pix(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         lq, hq = batch
-        pred = self.generator(lq).float().cpu().numpy()
+        pred = self.evaluated_generator(lq).float().cpu().numpy()
         target = hq.float().cpu().numpy()
         for p, t in zip(pred.reshape(-1, *pred.shape[-2:]), target.reshape(-1, *target.shape[-2:]), strict=True):
             scores = compare(p, t)["plain"]  # every channel of every image, as a 2D image
             self.log_dict({f"val/{k}": v for k, v in scores.items()}, on_epoch=True, batch_size=1, sync_dist=True, prog_bar=False)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log where in the run this validation happened: the learning curves' x-axes."""
+        when = {"time/train_seconds": self.train_seconds(), "time/generator_steps": float(self.generator_steps)}
+        self.log_dict(when, batch_size=1, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["confocalize"] = {
@@ -215,12 +264,13 @@ class PairsData(L.LightningDataModule):
     def __init__(self, train: list[PairImages], val: list[PairImages], config: TrainConfig) -> None:
         super().__init__()
         self.train_images, self.val_images, self.cfg = train, val, config
+        self.origins = PatchOrigins(train, config.data.patch_size, config.data.patch_signal)
 
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
         patches = PairedPatches(
             self.train_images, d.patch_size, d.patches_per_epoch, d.augment,
-            seed=self.cfg.trainer.seed, epoch=self.trainer.current_epoch, rank=self.trainer.global_rank,
+            seed=self.cfg.trainer.seed, epoch=self.trainer.current_epoch, rank=self.trainer.global_rank, origins=self.origins,
         )  # fmt: skip
         return DataLoader(patches, batch_size=d.batch_size, num_workers=d.num_workers)
 
@@ -314,7 +364,6 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         strategy += "_find_unused_parameters_true"  # each optimizer's step leaves the other net without gradients
     return L.Trainer(
         max_steps=t.max_steps * n_optimizers,
-        max_time=timedelta(minutes=t.max_time_minutes) if t.max_time_minutes else None,
         val_check_interval=t.val_every_steps,
         check_val_every_n_epoch=None,
         reload_dataloaders_every_n_epochs=1,
@@ -329,11 +378,18 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         precision=t.precision,  # type: ignore[arg-type]
         sync_batchnorm=_on_gpu(t),  # BatchNorm statistics over all processes; torch syncs them on GPUs only
         logger=_loggers(Path(config.output_dir) / "logs"),
-        callbacks=[*training_guards(t, Path(config.output_dir) / "checkpoints" / LAST, n_optimizers), checkpoints]
+        callbacks=[_timer(t), *training_guards(t, Path(config.output_dir) / "checkpoints" / LAST, n_optimizers), checkpoints]
         + ([_ProgressBar()] if show_progress else []),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=config.output_dir,
     )
+
+
+def _timer(t: TrainerConfig) -> Timer:
+    """Lightning's timer, always present: it ends a run at ``max_time_minutes`` (if set) and measures
+    the training time that the schedules and the learning curves use; resumed runs continue its count."""
+    duration = timedelta(minutes=t.max_time_minutes) if t.max_time_minutes else None
+    return Timer(duration=duration, interval="step", verbose=False)
 
 
 def _on_gpu(t: TrainerConfig) -> bool:
@@ -409,9 +465,9 @@ def _export(
     config: TrainConfig, best: Path, model_dir: Path, provenance: Provenance, pixel_size: float | None,
     channels: tuple[int, int],
 ) -> dict[str, float]:  # fmt: skip
-    """Save the generator of ``best`` as a model package; return its validation metrics."""
+    """Save the (EMA) generator of ``best`` as a model package; return its validation metrics."""
     ckpt = _read_checkpoint(best)
-    prefix = "generator."
+    prefix = "generator." if config.optim.ema_decay == 0 else "generator_ema.module."
     generator = build_generator(config.generator, *channels)
     generator.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     val = ckpt.get("confocalize", {}).get("val", {})
@@ -428,3 +484,18 @@ def _export(
     )
     save_package(package, model_dir)
     return val
+
+
+def _ema_update(decay: float) -> Any:
+    """``AveragedModel``'s update of all tensors at once, with the warmed-up decay of :func:`recipe.ema_decay`."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        d = ema_decay(decay, int(n_averaged))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (BatchNorm's batch counters) follow the model
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
