@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import bm3d as bm3d_package
 import numpy as np
 import psfmodels
 from scipy import ndimage
@@ -30,6 +31,7 @@ Pair = tuple[np.ndarray, np.ndarray]  # (raw LQ, raw HQ) on one grid
 GAUSSIAN_GRID = [{"sigma": s} for s in (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)]
 NLM_GRID = [{"h": h, "patch_size": p} for h in (0.4, 0.6, 0.8, 1.0, 1.3, 1.7) for p in (5, 7)]  # h in noise sigmas
 RL_GRID = [{"iterations": n} for n in (1, 2, 5, 10, 20, 40)]
+BM3D_GRID = [{"sigma": s} for s in (0.03, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.32)]  # noise sigma of the normalised image
 PSF_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)  # px, candidates of a fitted Gaussian PSF
 RL_FLOOR = 1e-3  # RL needs positive data: normalised intensities are clipped to at least this
 
@@ -51,6 +53,15 @@ def nlm(image: np.ndarray, h: float, patch_size: int, patch_distance: int = 6) -
     return restoration.denoise_nl_means(
         x, h=h * sigma, sigma=sigma, patch_size=patch_size, patch_distance=patch_distance, fast_mode=True
     ).astype(np.float32)
+
+
+def bm3d(image: np.ndarray, sigma: float) -> np.ndarray:
+    """BM3D (Mäkinen et al., both stages) with white-noise ``sigma`` on the normalised image.
+
+    The noise of a fluorescence camera depends on the signal, so no single estimated sigma fits an
+    image: ``sigma`` is tuned on training pairs like the other methods' parameters.
+    """
+    return np.asarray(bm3d_package.bm3d(_unit(image), sigma), dtype=np.float32)
 
 
 def noise_sigma(image: np.ndarray) -> float:
