@@ -43,6 +43,16 @@ def test_nlm_denoises(rng: np.random.Generator) -> None:
     assert compare(out, clean)["plain"]["ssim"] > compare(noisy, clean)["plain"]["ssim"] + 0.1
 
 
+def test_bm3d_denoises_and_its_sigma_is_tuned(rng: np.random.Generator) -> None:
+    clean = _structure(rng, 64)
+    noisy = clean + rng.normal(0, 0.15, clean.shape)
+    tuned = baselines.tune(baselines.bm3d, baselines.BM3D_GRID[1::3], [(noisy, clean)])
+    assert tuned.params["sigma"] >= 0.08  # the weakest setting leaves most of the noise
+    out = baselines.bm3d(noisy, **tuned.params)
+    assert out.dtype == np.float32 and out.shape == noisy.shape
+    assert compare(out, clean)["plain"]["psnr"] > compare(noisy, clean)["plain"]["psnr"] + 6
+
+
 def test_richardson_lucy_sharpens_a_blurred_bead() -> None:
     bead = np.zeros((63, 63))
     bead[31, 31] = 1.0
