@@ -42,7 +42,7 @@ def test_missing_config_file(tmp_path):
 def test_defaults_are_the_recipe():
     cfg = TrainConfig()
     assert cfg.loss.l1_weight == 100 and cfg.loss.adv_weight > 0 and 0 < cfg.loss.fidelity_fraction < 1  # fidelity, then GAN
-    assert cfg.optim.schedule == "cosine" and cfg.optim.ema_decay > 0 and cfg.data.patch_signal > 0
+    assert cfg.optim.schedule == "cosine" and cfg.optim.ema_decay > 0 and cfg.data.patch_signal == 0
 
 
 def test_fp16_with_a_fidelity_phase_is_refused_in_one_line():

@@ -47,9 +47,10 @@ class DataConfig(Strict):
     )
     context_slices: int = Field(0, ge=0, le=8, description="2.5D: z-planes on each side fed as extra input channels")
     patch_signal: float = Field(
-        0.4, ge=0, lt=1,
+        0.0, ge=0, lt=1,
         description="draw patches only where the HQ target's maximum over the patch reaches this share of its "
-        "normalised range (CSBDeep's background filter); 0 draws them anywhere",
+        "normalised range (CSBDeep's background filter, e.g. 0.4); 0 (default) draws them anywhere: on W2S the "
+        "filter cost 0.9 dB, the model must also learn to denoise background (BENCHMARKS.md, recipe ablation)",
     )  # fmt: skip
 
     @model_validator(mode="after")
