@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import json
 import logging
@@ -18,24 +19,31 @@ from rich.console import Console
 from rich.table import Table
 
 from confocalize import package, train
-from confocalize.config import GeneratorConfig
-from confocalize.demo import DEMO_GENERATOR
+from confocalize.config import GeneratorConfig, LossConfig, OptimConfig
 from confocalize.nets.reference import REFERENCE_GENERATOR, build_reference
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONFOCALIZE_DATA", REPO.parent / "shared" / "data"))  # override: a copy elsewhere
 RESULTS = REPO / "benchmarks" / "results"
 
-# The compared generators: the TrainConfig default, the demo's compact one, and the reference pix2pix.
+# The compared generators: the TrainConfig default, the default before the recipe, and the reference pix2pix.
 DEFAULT = "default"
-COMPACT = "compact"
+OLD_DEFAULT = "old_default"
 REFERENCE = "reference"
-GENERATORS: dict[str, GeneratorConfig] = {DEFAULT: GeneratorConfig(), COMPACT: DEMO_GENERATOR, REFERENCE: REFERENCE_GENERATOR}
+GENERATORS: dict[str, GeneratorConfig] = {
+    DEFAULT: GeneratorConfig(), OLD_DEFAULT: GeneratorConfig(depth=4, base_channels=32), REFERENCE: REFERENCE_GENERATOR,
+}  # fmt: skip
+_default = GENERATORS[DEFAULT]
 LABELS = {
-    DEFAULT: "confocalize default (U-Net depth 4, base 32)",
-    COMPACT: "confocalize compact (demo: depth 4, base 16)",
+    DEFAULT: f"confocalize default (U-Net depth {_default.depth}, base {_default.base_channels})",
+    OLD_DEFAULT: "confocalize before the recipe (U-Net depth 4, base 32)",
     REFERENCE: "reference pix2pix (unet_256, ngf 64)",
 }
+# The training settings before the recipe (pix2pix's): GAN from the first step, Adam 2e-4 / beta1 0.5
+# for both networks at a constant rate, the last weights exported, patches drawn anywhere.
+OLD_LOSS = LossConfig(fidelity_fraction=0.0, adv_ramp_fraction=0.0)
+OLD_OPTIM = OptimConfig(lr=2e-4, d_lr=2e-4, beta1=0.5, schedule="constant", ema_decay=0.0)
+OLD_PATCH_SIGNAL = 0.0
 
 
 def build(name: str) -> torch.nn.Module:
@@ -57,6 +65,19 @@ def architecture(name: str) -> Iterator[None]:
         return
     with mock.patch.object(train, "build_generator", build_reference), mock.patch.object(package, "build_generator", build_reference):
         yield
+
+
+def learning_curve(run: Path) -> list[dict[str, float]]:
+    """Validation PSNR/SSIM against generator steps and training seconds, from a run folder's CSV logs."""
+    rows = []
+    for log in sorted((run / "logs" / "csv").glob("version_*/metrics.csv")):
+        with log.open() as fh:
+            rows += [row for row in csv.DictReader(fh) if row.get("val/psnr")]
+    return [
+        {"step": int(float(r["time/generator_steps"])), "seconds": float(r["time/train_seconds"]),
+         "psnr": float(r["val/psnr"]), "ssim": float(r["val/ssim"])}
+        for r in rows
+    ]  # fmt: skip
 
 
 def quiet_lightning() -> None:

@@ -12,20 +12,26 @@ C. Cross-system wide-field -> confocal, simulated: the real HQ images of A and B
    ``confocalize register`` runs); test fields are scored against the noise-free confocal
    rendering of the same object on the LQ grid.
 
-Methods: raw LQ; classical (Gaussian, non-local means, Richardson-Lucy; parameters tuned on training
-fields only, see :mod:`confocalize.baselines`); learned (L1-only U-Net, reference pix2pix,
-confocalize compact and default), each trained by ``train.fit`` for the same budget: a wall time
-or a number of steps (patches 256², batch 4), stated in the results.
+Methods: raw LQ; classical (Gaussian, non-local means, Richardson-Lucy, BM3D; parameters tuned on
+training fields only, see :mod:`confocalize.baselines`); learned (L1-only U-Net, reference pix2pix,
+the confocalize default before the recipe, and today's default), each trained by ``train.fit`` for
+the same budget: a wall time or a number of steps (patches 256², batch 4), stated in the results.
 Every score comes from :func:`confocalize.evaluate.evaluate_pairs`; resolution from the Fourier ring
 correlation against HQ (``resolution.py``).
 
-    python benchmarks/quality.py                        # full: ~60 min on 2 cores (3 min per model)
+Learning curves: every learned model validates on held-out fields of its training set every
+``--val-every`` generator steps; the curves (validation PSNR/SSIM against steps and training
+seconds) are drawn against the classical methods scored on the same validation images, and the
+first validation that passes the track's bar (BM3D on A, Richardson-Lucy on B, the best classical
+method on C) is reported.
+
+    python benchmarks/quality.py                        # full: ~90 min on 2 cores (4 min per model)
     python benchmarks/quality.py --minutes-per-model 20 # a fairer chance for the learned models
     python benchmarks/quality.py --steps-per-model 2000 --jobs 3  # on a GPU machine: tracks in parallel
     python benchmarks/quality.py --quick                # smoke run of every path (~5 min)
 
 Writes ``benchmarks/results/quality.json`` and, per track, ``benchmarks/results/quality/TRACK/``
-(``metrics.json``, ``metrics.csv``, ``figure.png`` with one test field per row).
+(``metrics.json``, ``metrics.csv``, ``figure.png`` with one test field per row, ``curves.png``).
 """
 
 from __future__ import annotations
@@ -45,9 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from common import COMPACT, DATA, DEFAULT, GENERATORS, LABELS, REFERENCE, RESULTS, architecture, print_table, quiet_lightning, write_results
+from common import (
+    DATA, DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, OLD_LOSS, OLD_OPTIM, OLD_PATCH_SIGNAL, REFERENCE, RESULTS, architecture,
+    learning_curve, print_table, quiet_lightning, write_results,
+)  # fmt: skip
 from confocalize import baselines
-from confocalize.config import DataConfig, LossConfig, TrainConfig, TrainerConfig
+from confocalize.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
+from confocalize.data import CentralCrops, PairImages, read_split
+from confocalize.metrics import compare
 from confocalize.evaluate import GENERATED, LQ, evaluate_pairs
 from confocalize.io import read_image, write_image
 from confocalize.metrics import METRIC_NAMES, NORMALISATION
@@ -61,8 +72,10 @@ from resolution import frc_resolution
 
 PATCH = 256  # training patch edge for every learned method (the reference U-Net needs 256)
 BATCH = 4
-VAL_FRACTION = 0.01  # one validation field: validation only runs once, when the budget is spent
+VAL_FRACTION = 0.1  # validation fields (at least one) for the learning curves
 TUNING_IMAGES = 6  # training images the classical parameters are tuned on (spread over the training fields)
+TUNING_MAX_SIZE = 512  # tuning on central crops of at most this edge (BM3D takes ~30 s on a 1000² image)
+BM3D_TUNING_IMAGES = 3  # BM3D is ~100x slower than the other methods: fewer tuning images
 DSCM_TEST = ("Micro_4", "Micro_5", "Mito_0", "Mito_1")
 SIM_PARAMS = SimulationParams(size=384, shift_range=(-1.0, 1.0))  # LQ 384 px at 0.1 µm, HQ at 0.07 µm, ±3°
 OBJECT_PIXEL_SIZE = {"A": 0.08, "B": 0.04}  # µm given to the real HQ images used as objects in track C
@@ -83,25 +96,33 @@ class Track:
 
 @dataclass(frozen=True)
 class Learned:
-    """A learned method: which generator, which losses."""
+    """A learned method: which generator, losses, optimiser and patch filter."""
 
     generator: str
     loss: LossConfig
+    optim: OptimConfig
+    patch_signal: float
     description: str
 
 
 LEARNED = {
-    "l1_unet": Learned(DEFAULT, LossConfig(adv_weight=0.0), "L1-only U-Net (CARE idea): the default generator, no discriminator"),
-    REFERENCE: Learned(REFERENCE, LossConfig(gan_mode="bce"), "reference pix2pix: unet_256 (ngf 64), 70x70 PatchGAN, L1 100, BCE GAN"),
-    COMPACT: Learned(COMPACT, LossConfig(), f"{LABELS[COMPACT]}: pix2pix losses as TrainConfig (L1 100, LSGAN)"),
-    DEFAULT: Learned(DEFAULT, LossConfig(), f"{LABELS[DEFAULT]}: TrainConfig defaults (L1 100, LSGAN)"),
+    "l1_unet": Learned(DEFAULT, LossConfig(adv_weight=0.0), OptimConfig(), DataConfig().patch_signal,
+                       "L1-only U-Net (CARE idea): the default generator and recipe, no discriminator"),
+    REFERENCE: Learned(REFERENCE, OLD_LOSS.model_copy(update={"gan_mode": "bce"}), OLD_OPTIM, OLD_PATCH_SIGNAL,
+                       "reference pix2pix: unet_256 (ngf 64), 70x70 PatchGAN, L1 100, BCE GAN, Adam 2e-4 / 0.5"),
+    OLD_DEFAULT: Learned(OLD_DEFAULT, OLD_LOSS, OLD_OPTIM, OLD_PATCH_SIGNAL,
+                         f"{LABELS[OLD_DEFAULT]}: L1 100 + LSGAN from the first step, Adam 2e-4 / 0.5, constant rate, no EMA"),
+    DEFAULT: Learned(DEFAULT, LossConfig(), OptimConfig(), DataConfig().patch_signal,
+                     f"{LABELS[DEFAULT]}: TrainConfig defaults (the recipe: L1 phase, then LSGAN ramped in; cosine rate; EMA)"),
 }
+BAR = {"A": "bm3d", "B": "richardson_lucy"}  # the classical method each track's learning curves must pass (C: the best)
 @dataclass(frozen=True)
 class Budget:
     """Training budget of every learned model: steps, wall minutes, or both (whichever ends first)."""
 
     steps: int | None
     minutes: float | None
+    val_every: int = 100
 
     def describe(self) -> str:
         """The budget in words, for the results."""
@@ -109,7 +130,7 @@ class Budget:
         return " or ".join(p for p in parts if p) + " of training per learned model (whichever ends first), then one validation and the export; steps done are listed per model"
 
 
-CLASSICAL = ("gaussian", "nlm", "richardson_lucy")
+CLASSICAL = ("gaussian", "nlm", "richardson_lucy", "bm3d")
 ORDER = (LQ, *CLASSICAL, *LEARNED)
 
 
@@ -195,37 +216,69 @@ def _spread(pairs: Sequence[PairPaths], n: int) -> list[PairPaths]:
 # --- methods ------------------------------------------------------------------------------------
 
 
-def tuning_pairs(pairs: Sequence[PairPaths], n: int) -> list[baselines.Pair]:
-    """``n`` training pairs spread over the training fields (raw LQ, raw HQ)."""
-    return [(read_image(p.lq).data, read_image(p.hq).data) for p in _spread(pairs, n)]
+def tuning_pairs(pairs: Sequence[PairPaths], n: int, max_size: int | None = None) -> list[baselines.Pair]:
+    """``n`` training pairs spread over the training fields (raw LQ, raw HQ), centrally cropped to ``max_size``."""
+    def crop(image: np.ndarray) -> np.ndarray:
+        (y0, y1), (x0, x1) = (_central(n, max_size or n) for n in image.shape[-2:])
+        return image[..., y0:y1, x0:x1]
+
+    return [(crop(read_image(p.lq).data), crop(read_image(p.hq).data)) for p in _spread(pairs, n)]
+
+
+def _central(n: int, size: int) -> tuple[int, int]:
+    start = max(0, (n - size) // 2)
+    return start, start + min(n, size)
+
+
+def classical_methods(track: Track, tuning: Sequence[baselines.Pair], quick: bool) -> dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]]:
+    """Each classical method with its parameter grid (the RL PSF is the track's, or fitted on ``tuning``)."""
+    psf = track.psf if track.psf is not None else baselines.gaussian_psf(baselines.fit_gaussian_psf(tuning))
+    return {
+        "gaussian": (baselines.gaussian, baselines.GAUSSIAN_GRID),
+        "nlm": (baselines.nlm, baselines.NLM_GRID[::4] if quick else baselines.NLM_GRID),
+        "richardson_lucy": (functools.partial(baselines.richardson_lucy, psf=psf), baselines.RL_GRID[:3] if quick else baselines.RL_GRID),
+        "bm3d": (baselines.bm3d, baselines.BM3D_GRID[2:5] if quick else baselines.BM3D_GRID),
+    }
 
 
 def classical(track: Track, quick: bool, workers: int = 1) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """Tune each classical method on training images (``workers`` processes), then apply it to every test LQ."""
-    tuning = tuning_pairs(track.train, 2 if quick else TUNING_IMAGES)
+    tuning = tuning_pairs(track.train, 2 if quick else TUNING_IMAGES, TUNING_MAX_SIZE)
     psf_sigma = None if track.psf is not None else baselines.fit_gaussian_psf(tuning)
-    psf = track.psf if track.psf is not None else baselines.gaussian_psf(psf_sigma)
-    methods: dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]] = {
-        "gaussian": (baselines.gaussian, baselines.GAUSSIAN_GRID),
-        "nlm": (baselines.nlm, baselines.NLM_GRID[::4] if quick else baselines.NLM_GRID),
-        "richardson_lucy": (functools.partial(baselines.richardson_lucy, psf=psf), baselines.RL_GRID[:3] if quick else baselines.RL_GRID),
-    }
+    methods = classical_methods(track, tuning, quick)
     outputs: dict[str, dict[str, np.ndarray]] = {}
     info: dict[str, Any] = {}
     for name, (method, grid) in methods.items():
         start = time.perf_counter()
-        tuned = baselines.tune(method, grid, tuning, workers=workers)
+        pairs = tuning[: 1 if quick else BM3D_TUNING_IMAGES] if name == "bm3d" else tuning
+        tuned = baselines.tune(method, grid, pairs, workers=workers)
         tuned_s = time.perf_counter() - start
         start = time.perf_counter()
         outputs[name] = {p.name: method(read_image(p.lq).data, **tuned.params) for p in track.test}
         info[name] = {
             "params": tuned.params, "tuning_median_psnr": tuned.score, "grid": tuned.grid, "tuning_seconds": tuned_s,
-            "seconds_per_image": (time.perf_counter() - start) / len(track.test),
+            "tuning_images": len(pairs), "seconds_per_image": (time.perf_counter() - start) / len(track.test),
         }  # fmt: skip
     fitted = f"fitted Gaussian, sigma {psf_sigma} px"
     info["richardson_lucy"]["psf"] = "simulator's wide-field optics (in focus)" if psf_sigma is None else fitted
-    info["tuning"] = {"images": len(tuning), "objective": "median plain PSNR (least squares)", "from": "training fields only"}
+    info["tuning"] = {"images": len(tuning), "objective": "median plain PSNR (least squares)", "from": "training fields only",
+                      "crop": f"central, at most {TUNING_MAX_SIZE}² px"}  # fmt: skip
     return outputs, info
+
+
+def validation_scores(track: Track, pairs: Sequence[PairPaths], info: Mapping[str, Any], quick: bool) -> dict[str, dict[str, float]]:
+    """Each tuned classical method (and raw LQ) on the learned models' validation ``pairs``, scored as training
+    validates: central crops (a multiple of 16, at most 512²), mean plain PSNR/SSIM over the images."""
+    tuning = tuning_pairs(track.train, 2 if quick else TUNING_IMAGES, TUNING_MAX_SIZE)
+    methods = {name: functools.partial(method, **info[name]["params"]) for name, (method, _) in classical_methods(track, tuning, quick).items()}
+    raw = [PairImages(p.name, p.field, *(read_image(f).data.astype(np.float32)[None] for f in (p.lq, p.hq))) for p in pairs]
+    crops = CentralCrops(raw, multiple=2 ** GENERATORS[DEFAULT].depth)
+    images = [(lq[0].numpy(), hq[0].numpy()) for lq, hq in (crops[i] for i in range(len(crops)))]
+    scores: dict[str, dict[str, float]] = {}
+    for name, method in {LQ: lambda x: x, **methods}.items():
+        values = [compare(method(lq), hq)["plain"] for lq, hq in images]
+        scores[name] = {m: float(np.mean([v[m] for v in values])) for m in ("psnr", "ssim")}
+    return scores
 
 
 def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
@@ -236,10 +289,12 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
     for name, method in LEARNED.items():
         cfg = TrainConfig(
             output_dir=work / track.name / "runs" / name,
-            data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=VAL_FRACTION, test_fraction=0.0),
+            data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=VAL_FRACTION, test_fraction=0.0,
+                            patch_signal=method.patch_signal),  # fmt: skip
             generator=GENERATORS[method.generator],
             loss=method.loss,
-            trainer=TrainerConfig(max_steps=budget.steps or 10**7, max_time_minutes=budget.minutes, val_every_steps=10**7,
+            optim=method.optim,
+            trainer=TrainerConfig(max_steps=budget.steps or 10**7, max_time_minutes=budget.minutes, val_every_steps=budget.val_every,
                                   seed=seed, progress_bar=False),  # fmt: skip
         )  # fmt: skip
         with architecture(method.generator):
@@ -249,8 +304,10 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
         outputs[name] = {p.name: enhance_image(package, read_image(p.lq)).data for p in track.test}
         info[name] = {
             "description": method.description, "generator": GENERATORS[method.generator].model_dump(),
-            "loss": method.loss.model_dump(), "steps": result.steps, "fit_seconds": result.seconds,
-            "val_fields": result.split["val"]["fields"], "seconds_per_image": (time.perf_counter() - start) / len(track.test),
+            "loss": method.loss.model_dump(), "optim": method.optim.model_dump(), "patch_signal": method.patch_signal,
+            "steps": result.steps, "fit_seconds": result.seconds, "val_fields": result.split["val"]["fields"],
+            "val_names": result.split["val"]["names"], "curve": learning_curve(cfg.output_dir),
+            "seconds_per_image": (time.perf_counter() - start) / len(track.test),
         }  # fmt: skip
     return outputs, info
 
@@ -297,35 +354,91 @@ def _relative(values: Mapping[str, float], lq: Mapping[str, float]) -> dict[str,
 
 
 def comparisons(track: str, methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Margins of the learned models over the best classical method (per metric) and the reference."""
+    """The default model against the best classical method (per metric), the track's bar and the other learned models."""
     median = {name: m["median"] for name, m in methods.items()}
     best_psnr = max(CLASSICAL, key=lambda n: median[n]["psnr"])
     best_ssim = max(CLASSICAL, key=lambda n: median[n]["ssim"])
     best = {"psnr": [best_psnr, median[best_psnr]["psnr"]], "ssim": [best_ssim, median[best_ssim]["ssim"]]}
+    d = median[DEFAULT]
     out: dict[str, Any] = {"best_classical": best}
-    for name in (DEFAULT, COMPACT):
-        d_psnr = median[name]["psnr"] - median[best_psnr]["psnr"]
-        d_ssim = median[name]["ssim"] - median[best_ssim]["ssim"]
-        target = {"A": d_psnr >= 2.0 and d_ssim >= 0.03, "B": d_ssim >= 0.1}.get(track)
+    for name in LEARNED:
         out[name] = {
-            "psnr_minus_best_classical": d_psnr, "ssim_minus_best_classical": d_ssim,
-            "ssim_minus_reference": median[name]["ssim"] - median[REFERENCE]["ssim"], "beats_classical_target": target,
+            "psnr_minus_best_classical": median[name]["psnr"] - median[best_psnr]["psnr"],
+            "ssim_minus_best_classical": median[name]["ssim"] - median[best_ssim]["ssim"],
+            "ssim_minus_reference": median[name]["ssim"] - median[REFERENCE]["ssim"],
         }  # fmt: skip
+    out["target"] = target(track, methods)
+    out["default_minus_l1_unet"] = {"psnr": d["psnr"] - median["l1_unet"]["psnr"], "ssim": d["ssim"] - median["l1_unet"]["ssim"]}
     return out
 
 
+def target(track: str, methods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The issue's target for the default model on ``track``: what it asks, what was measured, whether it is met."""
+    m = {name: v["median"] for name, v in methods.items()}
+    d, l1 = m[DEFAULT], m["l1_unet"]
+    if track == "A":
+        dp, ds = d["psnr"] - m["bm3d"]["psnr"], d["ssim"] - m["bm3d"]["ssim"]
+        return {"wanted": "≥ BM3D + 0.3 dB PSNR, SSIM ≥ BM3D's", "measured": f"{dp:+.2f} dB, {ds:+.3f} SSIM vs BM3D",
+                "met": dp >= 0.3 and ds >= 0}  # fmt: skip
+    if track == "B":
+        dr, dl = d["ssim"] - m["richardson_lucy"]["ssim"], d["ssim"] - l1["ssim"]
+        return {"wanted": "SSIM ≥ Richardson-Lucy + 0.1 and ≥ the L1 U-Net's − 0.01",
+                "measured": f"{dr:+.3f} SSIM vs RL, {dl:+.3f} vs L1 U-Net", "met": dr >= 0.1 and dl >= -0.01}  # fmt: skip
+    frc_d, frc_l1 = methods[DEFAULT]["frc_resolution_px"], methods["l1_unet"]["frc_resolution_px"]
+    return {"wanted": "SSIM and FRC resolution at least the L1 U-Net's",
+            "measured": f"{d['ssim'] - l1['ssim']:+.3f} SSIM, FRC {frc_d:.2f} vs {frc_l1:.2f} px",
+            "met": d["ssim"] >= l1["ssim"] and frc_d <= frc_l1}  # fmt: skip
+
+
 def verdict(track: str, comp: Mapping[str, Any]) -> str:
-    """One plain sentence on whether the default model is worth shipping on this track."""
+    """One plain sentence on the track's target and where the default model stands against the classical methods."""
     d = comp[DEFAULT]
     (bp, vp), (bs, vs) = comp["best_classical"]["psnr"], comp["best_classical"]["ssim"]
     margins = (f"{d['psnr_minus_best_classical']:+.2f} dB PSNR vs {bp} ({vp:.2f} dB), "
                f"{d['ssim_minus_best_classical']:+.3f} SSIM vs {bs} ({vs:.3f})")  # fmt: skip
-    if d["beats_classical_target"] is None:
-        return f"Track {track}: default model {margins} (no target on this track)."
-    if d["beats_classical_target"]:
-        return f"Track {track}: the default model clearly beats the best classical method ({margins}): target met."
-    return (f"Track {track}: the default model does NOT clearly beat the best classical method ({margins}): "
-            "target not met; not worth shipping on this evidence.")  # fmt: skip
+    t = comp["target"]
+    met = "target met" if t["met"] else "target NOT met"
+    return f"Track {track}: {met} ({t['wanted']}: {t['measured']}); against the best classical method {margins}."
+
+
+def passing(curve: Sequence[Mapping[str, float]], bar: Mapping[str, float]) -> dict[str, float] | None:
+    """The first validation whose PSNR and SSIM both reach ``bar``'s (its step and seconds), else ``None``."""
+    for point in curve:
+        if point["psnr"] >= bar["psnr"] and point["ssim"] >= bar["ssim"]:
+            return {"step": point["step"], "seconds": point["seconds"]}
+    return None
+
+
+def bar_of(track: str, val_scores: Mapping[str, Mapping[str, float]]) -> str:
+    """The classical method the track's curves must pass: BM3D (A), RL (B), else the best by validation PSNR."""
+    return BAR.get(track) or max(CLASSICAL, key=lambda n: val_scores[n]["psnr"])
+
+
+def plot_curves(track: Track, learned_info: Mapping[str, Any], val_scores: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    """Validation PSNR and SSIM against steps and seconds per learned model, the classical methods as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    for row, metric in enumerate(("psnr", "ssim")):
+        for col, x in enumerate(("step", "seconds")):
+            ax = axes[row][col]
+            for name, info in learned_info.items():
+                points = [p for p in info["curve"] if p[x] is not None]
+                ax.plot([p[x] / (60 if x == "seconds" else 1) for p in points], [p[metric] for p in points], marker="o", ms=3, label=name)
+            for i, name in enumerate(CLASSICAL):
+                ax.axhline(val_scores[name][metric], color=f"C{i + 5}", ls="--", lw=1, label=name)
+            ax.set_xlabel("generator steps" if x == "step" else "training minutes")
+            ax.set_ylabel(f"validation {metric.upper()}" + (" (dB)" if metric == "psnr" else ""))
+            ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Track {track.name}: {track.title} — learning curves on held-out validation fields")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -338,11 +451,19 @@ def run_track(track: Track, work: Path, budget: Budget, quick: bool, seed: int, 
     trained, learned_info = learned(track, work, budget, seed)
     scores = score(track, {**classic, **trained}, figure_fields=4)
     comp = comparisons(track.name, scores["methods"])
+    val_pairs = read_split(work / track.name / "runs" / DEFAULT / "split.json")["val"]  # the same split for every model
+    val_scores = validation_scores(track, val_pairs, classic_info, quick)
+    bar = bar_of(track.name, val_scores)
+    curves = {
+        "validation_images": learned_info[DEFAULT]["val_names"], "classical_on_validation": val_scores, "bar": bar,
+        "passes_bar": {name: passing(info["curve"], val_scores[bar]) for name, info in learned_info.items()},
+        "figure": plot_curves(track, learned_info, val_scores, RESULTS / "quality" / track.name / "curves.png"),
+    }  # fmt: skip
     summary = {
         "title": track.title, "notes": track.notes, "pixel_size_um": track.pixel_size,
         "train_fields": sorted({p.field for p in track.train}), "test_fields": sorted({p.field for p in track.test}),
         "n_train_images": len(track.train), **scores, "classical": classic_info, "learned": learned_info,
-        "comparisons": comp, "verdict": verdict(track.name, comp),
+        "comparisons": comp, "verdict": verdict(track.name, comp), "curves": curves,
     }  # fmt: skip
     print_track(track.name, summary)
     return summary
@@ -377,6 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes-per-model", type=float, default=None, help="training wall time per learned model (default 3, quick 0.1)")
     parser.add_argument("--steps-per-model", type=int, default=None, help="training steps per learned model (no time limit unless --minutes-per-model)")
+    parser.add_argument("--val-every", type=int, default=100, help="validation (a learning-curve point) every this many generator steps")
     parser.add_argument("--quick", action="store_true", help="few fields and a few seconds of training: exercises every path")
     parser.add_argument("--tracks", default="ABC", help="which tracks to run, e.g. AB (C needs A and B's images, not their runs)")
     parser.add_argument("--jobs", type=int, default=1, help="tracks run in this many processes at once (a GPU machine; not on 2 cores)")
@@ -386,8 +508,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work-dir", type=Path, default=None, help="empty folder to keep simulated pairs and runs in (default: temporary)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    minutes = args.minutes_per_model or (None if args.steps_per_model else (0.1 if args.quick else 3.0))
-    budget = Budget(args.steps_per_model, minutes)
+    minutes = args.minutes_per_model or (None if args.steps_per_model else (0.1 if args.quick else 4.0))
+    budget = Budget(args.steps_per_model, minutes, args.val_every)
     every = tuple(args.w2s_every)
     load_at_start = os.getloadavg()
     quiet_lightning()
@@ -397,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = {
             "quick": args.quick, "minutes_per_model": minutes, "steps_per_model": args.steps_per_model,
             "budget": budget.describe(), "w2s_every_nth_field": {"train": every[0], "test": every[1]},
-            "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "normalisation": NORMALISATION, "jobs": args.jobs,
+            "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "val_every": args.val_every, "val_fraction": VAL_FRACTION, "normalisation": NORMALISATION, "jobs": args.jobs,
             "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
         }  # fmt: skip
         results: dict[str, Any] = {}

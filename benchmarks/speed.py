@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import COMPACT, DEFAULT, GENERATORS, LABELS, REFERENCE, architecture, build, print_table, quiet_lightning, write_results
+from common import DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, REFERENCE, architecture, build, print_table, quiet_lightning, write_results
 from confocalize.config import DataConfig, NormalizationConfig, TrainConfig, TrainerConfig
 from confocalize.io import write_image
 from confocalize.package import ModelPackage, save_package
@@ -59,8 +59,8 @@ INFERENCE = [
     (REFERENCE, "channels_last", (256, 1024)),
     (DEFAULT, "shipped", (256, 1024, 4096)),
     (DEFAULT, "plain", (256, 1024)),
-    (COMPACT, "shipped", (256, 1024, 4096)),
-    (COMPACT, "plain", (256, 1024)),
+    (OLD_DEFAULT, "shipped", (256, 1024, 4096)),
+    (OLD_DEFAULT, "plain", (256, 1024)),
 ]
 ROUNDS = {256: 7, 512: 3, 1024: 3, 4096: 1}  # interleaved rounds per input size; one round means no warm-up
 QUICK_SIZES = (256, 512)
@@ -272,6 +272,7 @@ def enhance_scaling(sizes: tuple[int, ...], work: Path) -> dict[str, Any]:
     fit = slope * mpx + intercept
     r2 = float(1 - np.sum((secs - fit) ** 2) / np.sum((secs - secs.mean()) ** 2)) if len(rows) > 2 else None
     return {
+        "generator": DEFAULT,
         "rows": rows,
         "linear_fit": {"s_per_mpixel": float(slope), "intercept_s": float(intercept), "r2": r2},
         "largest": rows[-1],
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for size, rounds in settings["rounds"].items()
         for r in inference(size, [(name, form) for name, form, sizes in INFERENCE if quick or size in sizes], rounds, matmul)
     ]
-    train_runs = training_best((DEFAULT, COMPACT, REFERENCE), settings)
+    train_runs = training_best((DEFAULT, OLD_DEFAULT, REFERENCE), settings)
     matmul.sample(20)
     peak = matmul.summary()
     print(f"fp32 matrix product: {peak['gflops']:.1f} GFLOP/s (best of {peak['samples']} calls spread over the run)")

@@ -1,0 +1,125 @@
+"""Recipe ablation: which training choices buy quality within a CPU budget, measured one at a time.
+
+Every variant trains the same generator for the same number of generator steps on a smaller copy
+of W2S (track A of ``quality.py``: every 4th training field of 001-080, every 4th test field of
+081-120, all channels; split by field), validating on held-out training-set fields every
+``--val-every`` steps (the learning curve), then enhances the test fields. Each variant adds or
+changes one choice against the one before it, so each row's change is that choice's effect:
+
+    pix2pix       the old defaults: GAN from step 0, Adam 2e-4 / beta1 0.5, constant rate
+    l1_const      no discriminator, Adam 1e-3 / beta1 0.9, constant rate
+    l1_cosine     + warm-up and cosine decay over the budget
+    l1_ema        + exponential moving average of the generator weights
+    l1_signal     + patches only where the HQ target has signal
+    recipe_gan    + the adversarial phase after half the budget, ramped in over a tenth of it
+
+Gaussian and BM3D (sigma tuned on training images) are scored on the same test images.
+
+    python benchmarks/recipe.py --steps 1000        # ~50 min on 2 cores
+    python benchmarks/recipe.py --steps 40 --quick  # smoke run
+
+Writes ``benchmarks/results/recipe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import DEFAULT, GENERATORS, OLD_LOSS, OLD_OPTIM, learning_curve, print_table, quiet_lightning, write_results
+from confocalize import baselines
+from confocalize.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
+from confocalize.io import read_image
+from confocalize.metrics import compare
+from confocalize.package import load_package
+from confocalize.predict import enhance_image
+from confocalize.train import fit
+from quality import _pairs_csv, tuning_pairs, w2s_track
+
+L1_CONST = OptimConfig(lr=1e-3, beta1=0.9, schedule="constant", ema_decay=0.0)
+L1_COSINE = L1_CONST.model_copy(update={"schedule": "cosine"})
+L1_EMA = L1_COSINE.model_copy(update={"ema_decay": 0.999})
+NO_GAN = LossConfig(adv_weight=0.0)
+VARIANTS: dict[str, tuple[LossConfig, OptimConfig, float]] = {  # loss, optimiser, data.patch_signal
+    "pix2pix": (OLD_LOSS, OLD_OPTIM, 0.0),
+    "l1_const": (NO_GAN, L1_CONST, 0.0),
+    "l1_cosine": (NO_GAN, L1_COSINE, 0.0),
+    "l1_ema": (NO_GAN, L1_EMA, 0.0),
+    "l1_signal": (NO_GAN, L1_EMA, 0.4),
+    "recipe_gan": (LossConfig(fidelity_fraction=0.5, adv_ramp_fraction=0.1), L1_EMA, 0.4),
+}
+PATCH, BATCH = 128, 8
+
+
+def medians(outputs: dict[str, np.ndarray], hq: dict[str, np.ndarray]) -> dict[str, float]:
+    """Median plain PSNR and SSIM over the test images (``confocalize.metrics``, data_range 1)."""
+    scores = [compare(outputs[name], hq[name])["plain"] for name in hq]
+    return {m: float(np.median([s[m] for s in scores])) for m in ("psnr", "ssim")}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train every variant, score it with the classical methods on the same test images, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000, help="generator steps per variant")
+    parser.add_argument("--val-every", type=int, default=100, help="validation (learning-curve point) every this many steps")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--quick", action="store_true", help="three fields and one test field")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    quiet_lightning()
+    load_at_start = os.getloadavg()
+    track = w2s_track(args.quick, every=(4, 4))
+    hq = {p.name: read_image(p.hq).data for p in track.test}
+    lq = {p.name: read_image(p.lq).data for p in track.test}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="confocalize-recipe-") as tmp:
+        csv_path = _pairs_csv(track.train, Path(tmp) / "train_pairs.csv")
+        for name in args.variants:
+            loss, optim, signal = VARIANTS[name]
+            cfg = TrainConfig(
+                output_dir=Path(tmp) / name,
+                data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=0.1, test_fraction=0.0,
+                                patch_signal=signal),  # fmt: skip
+                generator=GENERATORS[DEFAULT], loss=loss, optim=optim,
+                trainer=TrainerConfig(max_steps=args.steps, val_every_steps=args.val_every, seed=args.seed, progress_bar=False),
+            )  # fmt: skip
+            result = fit(cfg, progress=False)
+            package = load_package(result.model_dir)
+            outputs = {p.name: enhance_image(package, read_image(p.lq)).data for p in track.test}
+            results[name] = {
+                "loss": loss.model_dump(), "optim": optim.model_dump(), "patch_signal": signal, "steps": result.steps,
+                "fit_seconds": result.seconds, "test": medians(outputs, hq), "curve": learning_curve(cfg.output_dir),
+                "val_fields": result.split["val"]["fields"], "load_average": os.getloadavg(),
+            }  # fmt: skip
+            print(f"{name}: {results[name]['test']} in {result.seconds:.0f} s", flush=True)
+    tuning = tuning_pairs(track.train, 2 if args.quick else 4)
+    classical: dict[str, Any] = {}
+    for name, method, grid in (("gaussian", baselines.gaussian, baselines.GAUSSIAN_GRID), ("bm3d", baselines.bm3d, baselines.BM3D_GRID)):
+        start = time.perf_counter()
+        tuned = baselines.tune(method, grid[2:6] if name == "bm3d" else grid, tuning)
+        outputs = {n: method(image, **tuned.params) for n, image in lq.items()}
+        classical[name] = {"params": tuned.params, "test": medians(outputs, hq), "seconds": time.perf_counter() - start}
+    classical["raw"] = {"test": medians(lq, hq)}
+    doc = {
+        "settings": {"steps": args.steps, "val_every": args.val_every, "patch_size": PATCH, "batch_size": BATCH,
+                     "generator": GENERATORS[DEFAULT].model_dump(), "seed": args.seed, "load_average_at_start": load_at_start,
+                     "data": "W2S every 4th training field of 001-080 (val: 10% of them), every 4th test field of 081-120, all channels",
+                     "metrics": "plain PSNR/SSIM, each image percentile-normalised (0.1/99.9 -> [0, 1], clipped), data_range 1, medians"},
+        "n_train_images": len(track.train), "n_test_images": len(track.test),
+        "variants": results, "classical": classical,
+    }  # fmt: skip
+    rows = [[n, f"{r['test']['psnr']:.2f}", f"{r['test']['ssim']:.3f}", r.get("steps", ""), f"{r.get('fit_seconds', 0):.0f}"]
+            for n, r in {**classical, **results}.items()]  # fmt: skip
+    print_table(f"Recipe ablation ({len(track.test)} test images)", ["variant", "PSNR dB", "SSIM", "steps", "fit s"], rows)
+    print(f"written {write_results('recipe', doc)}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
