@@ -18,12 +18,14 @@ Gaussian and BM3D (sigma tuned on training images) are scored on the same test i
     python benchmarks/recipe.py --steps 1000        # ~50 min on 2 cores
     python benchmarks/recipe.py --steps 40 --quick  # smoke run
 
-Writes ``benchmarks/results/recipe.json``.
+Writes ``benchmarks/results/recipe.json`` and ``benchmarks/results/recipe_curves.png``
+(``--plot-only`` redraws the figure from the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from common import DEFAULT, GENERATORS, OLD_LOSS, OLD_OPTIM, learning_curve, print_table, quiet_lightning, write_results
+from common import DEFAULT, GENERATORS, OLD_LOSS, OLD_OPTIM, RESULTS, learning_curve, print_table, quiet_lightning, write_results
 from confocalize import baselines
 from confocalize.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
 from confocalize.io import read_image
@@ -63,6 +65,27 @@ def medians(outputs: dict[str, np.ndarray], hq: dict[str, np.ndarray]) -> dict[s
     return {m: float(np.median([s[m] for s in scores])) for m in ("psnr", "ssim")}
 
 
+def plot_curves(doc: dict[str, Any], path: Path) -> Path:
+    """Validation PSNR and SSIM against steps for every variant (the test-set scores of the classical methods as lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, metric in zip(axes, ("psnr", "ssim"), strict=True):
+        for name, v in doc["variants"].items():
+            ax.plot([p["step"] for p in v["curve"]], [p[metric] for p in v["curve"]], marker="o", ms=3, label=name)
+        ax.set_xlabel("generator steps")
+        ax.set_ylabel(f"validation {metric.upper()}" + (" (dB)" if metric == "psnr" else ""))
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Recipe ablation on W2S: validation on held-out fields of the training set (EMA weights where the variant has them)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train every variant, score it with the classical methods on the same test images, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,7 +94,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="three fields and one test field")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from benchmarks/results/recipe.json")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        doc = json.loads((RESULTS / "recipe.json").read_text())
+        print(f"written {plot_curves(doc, RESULTS / 'recipe_curves.png')}")
+        return doc
     quiet_lightning()
     load_at_start = os.getloadavg()
     track = w2s_track(args.quick, every=(4, 4))
@@ -117,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [[n, f"{r['test']['psnr']:.2f}", f"{r['test']['ssim']:.3f}", r.get("steps", ""), f"{r.get('fit_seconds', 0):.0f}"]
             for n, r in {**classical, **results}.items()]  # fmt: skip
     print_table(f"Recipe ablation ({len(track.test)} test images)", ["variant", "PSNR dB", "SSIM", "steps", "fit s"], rows)
-    print(f"written {write_results('recipe', doc)}")
+    print(f"written {write_results('recipe', doc)}, {plot_curves(doc, RESULTS / 'recipe_curves.png')}")
     return doc
 
 

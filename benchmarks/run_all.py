@@ -205,7 +205,8 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
         change = "" if previous is None else f"{v['test']['psnr'] - previous['psnr']:+.2f} dB / {v['test']['ssim'] - previous['ssim']:+.3f}"
         rows.append([name, v["steps"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change])
         previous = v["test"]
-    return lines + table(["variant", "steps", "PSNR dB", "SSIM", "change vs the row above"], rows) + [""]
+    lines += table(["variant", "steps", "PSNR dB", "SSIM", "change vs the row above"], rows)
+    return lines + ["", f"![Recipe ablation curves]({RESULTS.relative_to(REPO) / 'recipe_curves.png'})", ""]
 
 
 def _method_label(method: str, track: Mapping[str, Any]) -> str:
