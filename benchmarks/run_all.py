@@ -198,7 +198,9 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
              f"Each row adds one choice to the row before it (pix2pix is the old default recipe). {s['steps']} generator steps "
              f"per variant, patches {s['patch_size']}², batch {s['batch_size']}, generator depth {s['generator']['depth']} base "
              f"{s['generator']['base_channels']}. Data: {s['data']}; {recipe['n_train_images']} training images, "
-             f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}.", ""]  # fmt: skip
+             f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}. The budget is steps, so the scores do not "
+             "depend on the machine's load; the wall times in the JSON do (each variant records its load average) and are not "
+             "compared here.", ""]  # fmt: skip
     rows = [[name, "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", ""] for name, v in recipe["classical"].items()]
     previous = None
     for name, v in recipe["variants"].items():
