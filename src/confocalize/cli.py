@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,9 +31,15 @@ out = Console()
 ProgressCallback = Callable[[int, int], None]
 
 
+PLAIN_PROGRESS_EVERY_S = 30.0
+
+
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[ProgressCallback]:
-    """A rich progress bar driven by ``callback(done, total)``."""
+    """A rich progress bar driven by ``callback(done, total)``; plain lines when stderr is not a terminal."""
+    if not console.is_terminal:
+        yield _plain_progress(description)
+        return
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=False,
@@ -43,6 +50,20 @@ def progress_bar(description: str) -> Iterator[ProgressCallback]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _plain_progress(description: str) -> ProgressCallback:
+    """``callback(done, total)`` printing ``description: done/total`` at most every 30 s, and at the end."""
+    start = last = time.monotonic()
+
+    def update(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done >= total or now - last >= PLAIN_PROGRESS_EVERY_S:
+            last = now
+            print(f"{description}: {done}/{total} after {now - start:.0f} s", file=sys.stderr, flush=True)
+
+    return update
 
 
 def _print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

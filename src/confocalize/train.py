@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, Timer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar, Timer
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
@@ -62,6 +63,7 @@ from confocalize.nets import PatchGAN, UNet
 from confocalize.package import ModelPackage, Provenance, TrainingData, build_generator, save_package
 from confocalize.pairs import PairPaths, collect_pairs
 from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
+from confocalize.training_log import TrainingLog
 
 CHECKPOINT_FORMAT = 2  # 2: EMA generator, recipe schedules
 LAST = "last.ckpt"
@@ -369,7 +371,7 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_steps,
-        enable_progress_bar=show_progress,
+        enable_progress_bar=show_progress and sys.stderr.isatty(),
         enable_model_summary=False,
         accelerator=t.accelerator,
         devices=t.devices,
@@ -379,7 +381,7 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         sync_batchnorm=_on_gpu(t),  # BatchNorm statistics over all processes; torch syncs them on GPUs only
         logger=_loggers(Path(config.output_dir) / "logs"),
         callbacks=[_timer(t), *training_guards(t, Path(config.output_dir) / "checkpoints" / LAST, n_optimizers), checkpoints]
-        + ([_ProgressBar()] if show_progress else []),
+        + _progress_callbacks(show_progress, t.max_steps),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=config.output_dir,
     )
@@ -390,6 +392,13 @@ def _timer(t: TrainerConfig) -> Timer:
     the training time that the schedules and the learning curves use; resumed runs continue its count."""
     duration = timedelta(minutes=t.max_time_minutes) if t.max_time_minutes else None
     return Timer(duration=duration, interval="step", verbose=False)
+
+
+def _progress_callbacks(show: bool, max_steps: int) -> list[Callback]:
+    """A live bar on a terminal; plain lines (``training_log.TrainingLog``) into a file or a pipe."""
+    if not show:
+        return []
+    return [_ProgressBar()] if sys.stderr.isatty() else [TrainingLog(max_steps)]
 
 
 def _on_gpu(t: TrainerConfig) -> bool:
