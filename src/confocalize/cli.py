@@ -127,6 +127,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         raw["provenance"][side].update(_key_values(getattr(args, side), f"--{side.replace('_', '-')}"))
     if args.output is not None:
         raw["output_dir"] = args.output
+    if args.init_from is not None:
+        raw["init_from"] = args.init_from
     return parse_config(raw, source="command line")
 
 
@@ -225,6 +227,29 @@ def cmd_export(args: argparse.Namespace) -> None:
         out.print(f"bioimage.io model: {path}")
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    from confocalize.package import builtin_names, load_package
+
+    names = builtin_names()
+    if not names:
+        out.print("no built-in models in this installation")
+        return
+    for name in names:
+        pkg = load_package(name)
+        prov, run = pkg.provenance, pkg.provenance.training
+        data = prov.training_data.source if prov.training_data else {}
+        rows = [
+            ["LQ -> HQ", f"{prov.lq_system.modality or '?'} -> {prov.hq_system.modality or '?'}"],
+            ["LQ pixel size", f"{pkg.lq_pixel_size} µm" if pkg.lq_pixel_size else "not recorded"],
+            ["channels in -> out", f"{pkg.in_channels} -> {pkg.out_channels}"],
+            ["training data", ", ".join(f"{k} {v}" for k, v in data.items()) or "not recorded"],
+            ["data licence", prov.data_licence or "not recorded"],
+            ["training", f"{run.steps} steps, {run.seconds / 60:.1f} min on {run.hardware}" if run else "not recorded"],
+            *([[f"score {k}", v] for k, v in run.scores.items()] if run else []),
+        ]
+        _print_rows(f"{name}  (give this name wherever a model package is asked for)", ["", ""], rows)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from confocalize.data import read_split
     from confocalize.evaluate import evaluate_model
@@ -315,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="generator steps")
     p.add_argument("--minutes", type=float, help="stop after this wall time")
     p.add_argument("--resume", type=Path, help="checkpoint to continue from (e.g. RUN/checkpoints/last.ckpt)")
+    p.add_argument("--init-from", metavar="PACKAGE", help="fine-tune: start from this model's generator (folder, .zip or built-in name)")
     p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.add_argument("--devices", help="number of devices/processes per node")
     p.add_argument("--num-nodes", type=int)
@@ -329,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("enhance", help="enhance images (files or folders) with a trained model")
-    p.add_argument("model", type=Path, help="model package: folder or .zip")
+    p.add_argument("model", type=Path, help="model package: folder, .zip or built-in name (confocalize models)")
     p.add_argument("inputs", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--dtype", choices=["float32", "uint16"], default="float32")
@@ -352,12 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("info", help="check a model package and print its systems, training data and metrics")
-    p.add_argument("package", type=Path, help="model package: folder or .zip")
+    p.add_argument("package", type=Path, help="model package: folder, .zip or built-in name (confocalize models)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="write a model package as one .zip, a bioimage.io model or ONNX")
-    p.add_argument("package", type=Path, help="model package: folder or .zip")
+    p.add_argument("package", type=Path, help="model package: folder, .zip or built-in name (confocalize models)")
     p.add_argument("--zip", type=Path, metavar="OUT.zip", help="the package as one file, to send to a partner")
     p.add_argument("--bioimageio", type=Path, metavar="OUT.zip", help="bioimage.io model (state dict + TorchScript)")
     p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="ONNX model; input: normalised (N, C, H, W) float32")
@@ -366,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the bioimage.io model (default CC-BY-4.0)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("models", help="list the model packages that ship with confocalize")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("evaluate", help="score a model on held-out pairs against the raw LQ")
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, help="model package: folder, .zip or built-in name (confocalize models)")
     _add_pair_source(p)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--split", type=Path, help="split.json of a training run: evaluate only its held-out pairs")

@@ -165,6 +165,9 @@ class TrainConfig(Strict):
     """Everything a training run needs; travels unchanged from the CLI into ``train.fit``."""
 
     output_dir: Path = Path("runs/latest")
+    init_from: str | None = Field(
+        None, description="model package (folder, .zip or built-in name) whose generator the training starts from"
+    )
     data: DataConfig = DataConfig()
     generator: GeneratorConfig = GeneratorConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()

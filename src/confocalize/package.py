@@ -7,6 +7,10 @@ Layout (the same three files in a folder or at the top level of a zip, nothing e
     weights.safetensors  generator state dict
     manifest.json        SHA-256 of the two files above and the package hash over them
 
+Packages that ship inside confocalize (``confocalize/models/NAME/``, listed by ``confocalize
+models``) are loaded by name wherever a package path is accepted. Format 3 adds the training run,
+the data licence and the lineage (parent packages) to the provenance; format 2 packages still load.
+
 Loading never unpickles: weights are safetensors, read from memory. A package is refused with a
 one-line :class:`ConfocalizeError` when its format is not this one, it holds unexpected files, a
 hash does not match, or the weights do not fit the described network. The hashes detect damage
@@ -36,7 +40,9 @@ from confocalize.errors import ConfocalizeError
 from confocalize.io import atomic_write
 from confocalize.nets import UNet
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)  # 2: before training runs, licences and lineage were recorded
+BUILTIN_DIR = Path(__file__).resolve().parent / "models"  # packages that ship with confocalize, one folder each
 DESCRIPTION = "model.json"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
@@ -54,13 +60,34 @@ class TrainingData(Strict):
     lq_pixel_sizes_um: list[float] = []
 
 
+class TrainingRun(Strict):
+    """How long and where a model was trained, and the command that did it."""
+
+    steps: int = Field(0, ge=0, description="generator steps, resumed runs included")
+    seconds: float = Field(0.0, ge=0, description="training wall time, resumed runs included")
+    hardware: str = ""
+    command: str | None = None
+    scores: dict[str, Any] = Field({}, description="benchmark scores, where a benchmark measured them")
+
+
+class Parent(Strict):
+    """A package this model was fine-tuned from (``train --init-from``)."""
+
+    name: str = Field(description="the built-in name or the path it was given as")
+    sha256: str
+    confocalize_version: str | None = None
+
+
 class Provenance(Strict):
-    """Where a model comes from: the two microscopes, the training data and the training config."""
+    """Where a model comes from: the microscopes, the training data and run, the config, and its parents."""
 
     lq_system: SystemDescription = SystemDescription()
     hq_system: SystemDescription = SystemDescription()
     training_data: TrainingData | None = None
     config: dict[str, Any] | None = Field(None, description="the full TrainConfig of the run")
+    training: TrainingRun | None = None
+    data_licence: str | None = Field(None, description="licence of the training data, as its authors state it")
+    lineage: list[Parent] = Field([], description="the parent package first, then its parent, and so on")
 
 
 class _Description(Strict):
@@ -159,9 +186,24 @@ def _members(package: ModelPackage) -> dict[str, bytes]:
     return {**files, MANIFEST: _json_bytes(manifest(files))}
 
 
+def builtin_names() -> list[str]:
+    """Names of the packages that ship with confocalize."""
+    if not BUILTIN_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / DESCRIPTION).is_file())
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A package path: ``source`` itself, or the built-in package of that name when no such path exists."""
+    path = Path(source)
+    if not path.exists() and str(source) in builtin_names():
+        return BUILTIN_DIR / str(source)
+    return path
+
+
 def load_package(source: str | os.PathLike) -> ModelPackage:
-    """Load a model folder or zip, refusing anything that does not check out (never unpickles)."""
-    source = Path(source)
+    """Load a model folder, zip or built-in name, refusing anything that does not check out (never unpickles)."""
+    source = resolve_source(source)
     members = _read_members(source)
     package_hash = _check_manifest(source, members)
     try:
@@ -189,7 +231,9 @@ def load_package(source: str | os.PathLike) -> ModelPackage:
 def _read_members(source: Path) -> dict[str, bytes]:
     """The package's files, after checking the format version and that nothing else is in it."""
     if not source.exists():
-        raise ConfocalizeError(f"{source}: no such model folder or .zip; check the path")
+        names = builtin_names()
+        builtin = f" or a built-in model ({', '.join(names)}; 'confocalize models' lists them)" if names else ""
+        raise ConfocalizeError(f"{source}: no such model folder or .zip{builtin}; check the path")
     if not source.is_dir() and not zipfile.is_zipfile(source):
         raise ConfocalizeError(f"{source}: not a confocalize model; give the model folder or .zip written by 'confocalize train'")
     try:
@@ -234,7 +278,7 @@ def _check_format(source: Path, description: bytes) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfocalizeError(f"{source}: corrupt {DESCRIPTION} ({exc}); get a fresh copy of the model") from None
     version = desc.get("format_version") if isinstance(desc, dict) else None
-    if version == FORMAT_VERSION:
+    if version in READABLE_FORMATS:
         return
     written_by = desc.get("confocalize_version", "?") if isinstance(desc, dict) else "?"
     if isinstance(version, int) and version > FORMAT_VERSION:
@@ -306,8 +350,20 @@ def package_summary(package: ModelPackage) -> dict[str, dict[str, Any]]:
         "lq_system": package.provenance.lq_system.model_dump(exclude_none=True),
         "hq_system": package.provenance.hq_system.model_dump(exclude_none=True),
         "training_data": _training_summary(package.provenance.training_data),
+        "training_run": _run_summary(package.provenance),
+        "lineage": {f"parent {i + 1}" if i else "parent": f"{p.name} (sha256 {p.sha256})" for i, p in enumerate(package.provenance.lineage)},
         "metrics": package.metrics,
     }
+
+
+def _run_summary(provenance: Provenance) -> dict[str, Any]:
+    """Steps, minutes, hardware, command and scores of the training run, and the data licence."""
+    run = provenance.training
+    summary: dict[str, Any] = {"data_licence": provenance.data_licence} if provenance.data_licence else {}
+    if run is None:
+        return summary
+    summary |= {"steps": run.steps, "minutes": round(run.seconds / 60, 1), "hardware": run.hardware or None, "command": run.command}
+    return summary | {f"score {k}": v for k, v in run.scores.items()}
 
 
 def _training_summary(data: TrainingData | None) -> dict[str, Any]:

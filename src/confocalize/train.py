@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import sys
 import time
 import warnings
@@ -60,7 +61,8 @@ from confocalize.errors import ConfocalizeError
 from confocalize.guards import AtomicCheckpointIO, training_guards
 from confocalize.metrics import compare
 from confocalize.nets import PatchGAN, UNet
-from confocalize.package import ModelPackage, Provenance, TrainingData, build_generator, save_package
+from confocalize.finetune import lineage, parent_package
+from confocalize.package import ModelPackage, Provenance, TrainingData, TrainingRun, build_generator, save_package
 from confocalize.pairs import PairPaths, collect_pairs
 from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
 from confocalize.training_log import TrainingLog
@@ -300,7 +302,10 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     split = split_by_field(pairs, d.val_fraction, d.test_fraction, config.trainer.seed)
     train_images, val_images = load_pairs(split["train"], d), load_pairs(split["val"], d)
     channels = sample_channels(train_images + val_images)
+    parent = parent_package(config, channels) if config.init_from else None
     module = Pix2Pix(config, channels)
+    if parent is not None and ckpt_path is None:  # a resumed run has its weights in the checkpoint
+        module.generator.load_state_dict(parent.generator.state_dict())
     with _quiet_lightning():
         trainer = _trainer(config, module.n_optimizers, progress)
         if trainer.is_global_zero:
@@ -310,7 +315,11 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     model_dir = out / "model"
     best_val: dict[str, float] = {}
     if trainer.is_global_zero:
-        provenance = _provenance(config, pairs, split, train_images + val_images)
+        run = TrainingRun(steps=module.generator_steps, seconds=module.train_seconds(), hardware=_hardware(trainer),
+                          command=" ".join(sys.argv))  # fmt: skip
+        provenance = _provenance(config, pairs, split, train_images + val_images).model_copy(
+            update={"training": run, "lineage": lineage(config.init_from, parent) if parent is not None else []}
+        )
         best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images), channels)
     return TrainResult(out, model_dir, best_val, split_summary(split), module.generator_steps, time.monotonic() - start)
 
@@ -399,6 +408,22 @@ def _progress_callbacks(show: bool, max_steps: int) -> list[Callback]:
     if not show:
         return []
     return [_ProgressBar()] if sys.stderr.isatty() else [TrainingLog(max_steps)]
+
+
+def _hardware(trainer: L.Trainer) -> str:
+    """The processes and devices that trained, in words (e.g. "1 x NVIDIA H200" or "1 x 2-core AMD EPYC")."""
+    n = trainer.world_size
+    if trainer.strategy.root_device.type == "cuda":
+        return f"{n} x {torch.cuda.get_device_name(trainer.strategy.root_device)}"
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "CPU")
+    return f"{n} x {os.cpu_count()}-core {cpu} ({torch.get_num_threads()} torch threads)"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _on_gpu(t: TrainerConfig) -> bool:
