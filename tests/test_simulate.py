@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import psfmodels
@@ -232,3 +233,14 @@ def test_bad_calls_raise_one_line_errors(tmp_path):
         with pytest.raises(ConfocalizeError) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_the_simulated_optics_are_recorded_for_the_package(tmp_path: Path) -> None:
+    from confocalize.demo import demo_config
+    from confocalize.simulate import systems
+
+    lq, hq = systems(SimulationParams(lq_na=1.2))
+    assert (lq.modality, lq.objective_na, lq.pixel_size_um, lq.emission_nm) == ("wide-field", 1.2, 0.1, 520.0)
+    assert (hq.modality, hq.pinhole_au, hq.excitation_nm) == ("confocal", 1.0, 488.0)
+    recorded = demo_config(tmp_path, tmp_path / "pairs", minutes=1, seed=0).provenance
+    assert recorded.lq_system.objective_na == SimulationParams().lq_na and recorded.hq_system.modality == "confocal"

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from confocalize.config import DataConfig, DiscriminatorConfig, TrainConfig, TrainerConfig
+from confocalize.config import DataConfig, DiscriminatorConfig, ProvenanceConfig, TrainConfig, TrainerConfig
 from confocalize.data import read_split
 from confocalize.errors import ConfocalizeError
 from confocalize.evaluate import evaluate_model
 from confocalize.package import load_package
 from confocalize.pairs import collect_pairs, match_by_name, register_folder
 from confocalize.register import RegistrationOptions
-from confocalize.simulate import simulate
+from confocalize.simulate import SimulationParams, simulate, systems
 from confocalize.train import fit
 
 StageProgress = Callable[[str, int, int], None]
@@ -44,6 +44,7 @@ def demo_config(output_dir: Path, pairs_dir: Path, minutes: float, seed: int) ->
         data=DataConfig(pairs_dir=pairs_dir, patch_size=128, batch_size=8, val_fraction=0.2, test_fraction=0.2),
         discriminator=DEMO_DISCRIMINATOR,
         trainer=TrainerConfig(max_steps=100_000, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
+        provenance=ProvenanceConfig(**dict(zip(("lq_system", "hq_system"), systems(SimulationParams()), strict=True))),
     )
 
 

@@ -39,6 +39,7 @@ import scipy.fft
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from scipy import ndimage, signal
 
+from confocalize.config import SystemDescription
 from confocalize.errors import ConfocalizeError
 from confocalize.io import write_image, write_json
 
@@ -145,6 +146,17 @@ class SimulationParams(BaseModel):
         if self.n_cells[0] < 0 or self.cell_radius[0] <= 0 or self.cell_height[0] <= 0:
             _bad("n_cells/cell_radius/cell_height", "", "need n_cells >= 0 and positive cell sizes")
         return self
+
+
+def systems(params: SimulationParams) -> tuple[SystemDescription, SystemDescription]:
+    """The simulated wide-field (LQ) and confocal (HQ) microscopes, as a model package records them."""
+    common = {"immersion": "oil", "emission_nm": params.emission_wavelength * 1000, "notes": "simulated by confocalize.simulate"}
+    lq = SystemDescription(modality="wide-field", objective_na=params.lq_na, pixel_size_um=params.lq_pixel_size,
+                           detector="camera (simulated)", **common)  # fmt: skip
+    hq = SystemDescription(modality="confocal", objective_na=params.hq_na, pixel_size_um=params.hq_pixel_size,
+                           excitation_nm=params.excitation_wavelength * 1000, pinhole_au=params.pinhole_au,
+                           detector="point detector (simulated)", **common)  # fmt: skip
+    return lq, hq
 
 
 def _bad(name: str, value: object, rule: str) -> None:

@@ -1,0 +1,94 @@
+"""Ship the quality benchmark's default models as built-in packages (``confocalize models``).
+
+Each track's default model of a finished ``quality.py --work-dir DIR`` run is copied into
+``src/confocalize/models/NAME/`` with what a user needs to judge it: the two systems, the training
+data and its licence, the training run (steps, minutes, hardware, the benchmark command) and its
+held-out scores from ``benchmarks/results/quality.json`` beside the best classical method's.
+
+    python benchmarks/ship_models.py --work-dir /tmp/qwork
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from common import DEFAULT, REPO, RESULTS
+from confocalize.config import SystemDescription
+from confocalize.package import BUILTIN_DIR, TrainingData, TrainingRun, load_package, save_package
+from confocalize.simulate import SimulationParams, systems
+
+SIM = SimulationParams()
+BUILTINS: dict[str, dict[str, Any]] = {
+    "A": {
+        "name": "w2s-denoise",
+        "lq": SystemDescription(modality="wide-field, single frame", notes="W2S (Zhou et al. 2020), 8-bit export, per-image contrast"),
+        "hq": SystemDescription(modality="wide-field, 400-frame average"),
+        "data": "W2S avg1 -> avg400 (shared/data/w2s_widefield)",
+        "licence": "none stated by the W2S authors (IVRL/w2s); the 8-bit copy comes from a GPL-3.0 repository",
+    },
+    "B": {
+        "name": "dscm-confocal-sted",
+        "lq": SystemDescription(modality="confocal", notes="Deep-DSCM demo data (Chen et al.), 8-bit"),
+        "hq": SystemDescription(modality="STED"),
+        "data": "Deep-DSCM confocal -> STED demo fields (shared/data/dscm_confocal_sted)",
+        "licence": "MIT (Deep-DSCM, Copyright (c) 2025 Qinglin Chen)",
+    },
+    "C": {
+        "name": "sim-widefield-confocal",
+        "lq": systems(SIM)[0],
+        "hq": systems(SIM)[1],
+        "data": "pairs simulated from the HQ images of W2S and Deep-DSCM training fields, registered by confocalize register",
+        "licence": "derived from W2S (none stated) and Deep-DSCM (MIT) images",
+    },
+}  # fmt: skip
+
+
+def scores(track: dict[str, Any]) -> dict[str, Any]:
+    """The default model's held-out medians beside the raw LQ and the best classical method's."""
+    methods = track["methods"]
+    best = track["comparisons"]["best_classical"]["psnr"][0]
+    pick = {"default": methods[DEFAULT]["median"], "raw LQ": methods["lq"]["median"], best: methods[best]["median"]}
+    n = track["n_test_images"]
+    return {f"{who} (median of {n} test images)": f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}" for who, m in pick.items()}
+
+
+def ship(work: Path, quality: dict[str, Any]) -> list[Path]:
+    """Write the built-in packages from the run in ``work``; return their folders."""
+    written = []
+    settings, machine = quality["settings"], quality["machine"]
+    for t, spec in BUILTINS.items():
+        track = quality["tracks"][t]
+        package = load_package(work / t / "runs" / DEFAULT / "model")
+        info = track["learned"][DEFAULT]
+        hardware = machine["gpu"] or f"{machine['logical_cores']}-core {machine['cpu']} (torch {machine['torch']})"
+        command = (f"python benchmarks/quality.py --minutes-per-model {settings['minutes_per_model']:g} "
+                   f"--w2s-every {settings['w2s_every_nth_field']['train']} {settings['w2s_every_nth_field']['test']} "
+                   f"--val-every {settings['val_every']} (commit {quality['commit']})")  # fmt: skip
+        old = package.provenance.training_data
+        data = TrainingData(source={"data": spec["data"]}, n_pairs=old.n_pairs, n_fields=old.n_fields, split=old.split,
+                            lq_pixel_sizes_um=old.lq_pixel_sizes_um) if old else None  # fmt: skip
+        package.provenance = package.provenance.model_copy(update={
+            "lq_system": spec["lq"], "hq_system": spec["hq"], "training_data": data, "data_licence": spec["licence"],
+            "training": TrainingRun(steps=info["steps"], seconds=info["fit_seconds"], hardware=hardware, command=command,
+                                    scores=scores(track)),
+        })  # fmt: skip
+        target = BUILTIN_DIR / spec["name"]
+        shutil.rmtree(target, ignore_errors=True)
+        written.append(save_package(package, target))
+        print(f"{spec['name']}: {target.relative_to(REPO)}, sha256 {load_package(target).sha256}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, required=True, help="the --work-dir of a finished quality.py run")
+    args = parser.parse_args(argv)
+    ship(args.work_dir, json.loads((RESULTS / "quality.json").read_text()))
+
+
+if __name__ == "__main__":
+    main()
