@@ -71,3 +71,13 @@ def test_built_in_models_load_by_name_everywhere(parent: tuple[Path, Path], tmp_
     assert json.loads(capsys.readouterr().out)["package"]["path"] == str(shelf / "tiny-test")
     with pytest.raises(ConfocalizeError, match=r"no such model folder or .zip or a built-in model \(tiny-test;"):
         load_package("no-such-model")
+
+
+def test_the_shipped_models_load_offline_and_state_their_licence_and_scores(tmp_path: Path) -> None:
+    from confocalize.package import builtin_names
+
+    assert {"w2s-denoise", "dscm-confocal-sted", "sim-widefield-confocal"} <= set(builtin_names())
+    for name in builtin_names():
+        pkg = load_package(name)
+        assert pkg.provenance.data_licence and pkg.provenance.training and pkg.provenance.training.scores, name
+    assert main(["models"]) == 0
