@@ -57,7 +57,7 @@ from common import (
 )  # fmt: skip
 from confocalize import baselines
 from confocalize.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
-from confocalize.data import CentralCrops, PairImages, read_split
+from confocalize.data import VALIDATION_MAX_SIZE, central_span, read_split
 from confocalize.metrics import compare
 from confocalize.evaluate import GENERATED, LQ, evaluate_pairs
 from confocalize.io import read_image, write_image
@@ -218,21 +218,17 @@ def _spread(pairs: Sequence[PairPaths], n: int) -> list[PairPaths]:
 
 def tuning_pairs(pairs: Sequence[PairPaths], n: int, max_size: int | None = None) -> list[baselines.Pair]:
     """``n`` training pairs spread over the training fields (raw LQ, raw HQ), centrally cropped to ``max_size``."""
-    def crop(image: np.ndarray) -> np.ndarray:
-        (y0, y1), (x0, x1) = (_central(n, max_size or n) for n in image.shape[-2:])
-        return image[..., y0:y1, x0:x1]
-
-    return [(crop(read_image(p.lq).data), crop(read_image(p.hq).data)) for p in _spread(pairs, n)]
+    return [(_crop(read_image(p.lq).data, 1, max_size), _crop(read_image(p.hq).data, 1, max_size)) for p in _spread(pairs, n)]
 
 
-def _central(n: int, size: int) -> tuple[int, int]:
-    start = max(0, (n - size) // 2)
-    return start, start + min(n, size)
+def _crop(image: np.ndarray, multiple: int, max_size: int | None) -> np.ndarray:
+    """The central crop of ``image`` that :func:`confocalize.data.central_span` gives on both axes."""
+    (y0, y1), (x0, x1) = (central_span(n, multiple, max_size or n) for n in image.shape[-2:])
+    return image[..., y0:y1, x0:x1]
 
 
-def classical_methods(track: Track, tuning: Sequence[baselines.Pair], quick: bool) -> dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]]:
-    """Each classical method with its parameter grid (the RL PSF is the track's, or fitted on ``tuning``)."""
-    psf = track.psf if track.psf is not None else baselines.gaussian_psf(baselines.fit_gaussian_psf(tuning))
+def classical_methods(psf: np.ndarray, quick: bool) -> dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]]:
+    """Each classical method with its parameter grid (Richardson-Lucy with ``psf``)."""
     return {
         "gaussian": (baselines.gaussian, baselines.GAUSSIAN_GRID),
         "nlm": (baselines.nlm, baselines.NLM_GRID[::4] if quick else baselines.NLM_GRID),
@@ -241,20 +237,25 @@ def classical_methods(track: Track, tuning: Sequence[baselines.Pair], quick: boo
     }
 
 
-def classical(track: Track, quick: bool, workers: int = 1) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+Tuned = dict[str, Callable[[np.ndarray], np.ndarray]]  # each classical method with its tuned parameters bound
+
+
+def classical(track: Track, quick: bool, workers: int = 1) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], Tuned]:
     """Tune each classical method on training images (``workers`` processes), then apply it to every test LQ."""
     tuning = tuning_pairs(track.train, 2 if quick else TUNING_IMAGES, TUNING_MAX_SIZE)
     psf_sigma = None if track.psf is not None else baselines.fit_gaussian_psf(tuning)
-    methods = classical_methods(track, tuning, quick)
+    psf = track.psf if psf_sigma is None else baselines.gaussian_psf(psf_sigma)
     outputs: dict[str, dict[str, np.ndarray]] = {}
     info: dict[str, Any] = {}
-    for name, (method, grid) in methods.items():
+    bound: Tuned = {}
+    for name, (method, grid) in classical_methods(psf, quick).items():
         start = time.perf_counter()
         pairs = tuning[: 1 if quick else BM3D_TUNING_IMAGES] if name == "bm3d" else tuning
         tuned = baselines.tune(method, grid, pairs, workers=workers)
         tuned_s = time.perf_counter() - start
         start = time.perf_counter()
-        outputs[name] = {p.name: method(read_image(p.lq).data, **tuned.params) for p in track.test}
+        bound[name] = functools.partial(method, **tuned.params)
+        outputs[name] = {p.name: bound[name](read_image(p.lq).data) for p in track.test}
         info[name] = {
             "params": tuned.params, "tuning_median_psnr": tuned.score, "grid": tuned.grid, "tuning_seconds": tuned_s,
             "tuning_images": len(pairs), "seconds_per_image": (time.perf_counter() - start) / len(track.test),
@@ -263,17 +264,14 @@ def classical(track: Track, quick: bool, workers: int = 1) -> tuple[dict[str, di
     info["richardson_lucy"]["psf"] = "simulator's wide-field optics (in focus)" if psf_sigma is None else fitted
     info["tuning"] = {"images": len(tuning), "objective": "median plain PSNR (least squares)", "from": "training fields only",
                       "crop": f"central, at most {TUNING_MAX_SIZE}² px"}  # fmt: skip
-    return outputs, info
+    return outputs, info, bound
 
 
-def validation_scores(track: Track, pairs: Sequence[PairPaths], info: Mapping[str, Any], quick: bool) -> dict[str, dict[str, float]]:
+def validation_scores(pairs: Sequence[PairPaths], methods: Tuned) -> dict[str, dict[str, float]]:
     """Each tuned classical method (and raw LQ) on the learned models' validation ``pairs``, scored as training
-    validates: central crops (a multiple of 16, at most 512²), mean plain PSNR/SSIM over the images."""
-    tuning = tuning_pairs(track.train, 2 if quick else TUNING_IMAGES, TUNING_MAX_SIZE)
-    methods = {name: functools.partial(method, **info[name]["params"]) for name, (method, _) in classical_methods(track, tuning, quick).items()}
-    raw = [PairImages(p.name, p.field, *(read_image(f).data.astype(np.float32)[None] for f in (p.lq, p.hq))) for p in pairs]
-    crops = CentralCrops(raw, multiple=2 ** GENERATORS[DEFAULT].depth)
-    images = [(lq[0].numpy(), hq[0].numpy()) for lq, hq in (crops[i] for i in range(len(crops)))]
+    validates (``data.CentralCrops``): central crops, mean plain PSNR/SSIM over the images."""
+    multiple = 2 ** GENERATORS[DEFAULT].depth
+    images = [tuple(_crop(read_image(f).data.astype(np.float32), multiple, VALIDATION_MAX_SIZE) for f in (p.lq, p.hq)) for p in pairs]
     scores: dict[str, dict[str, float]] = {}
     for name, method in {LQ: lambda x: x, **methods}.items():
         values = [compare(method(lq), hq)["plain"] for lq, hq in images]
@@ -447,12 +445,12 @@ def plot_curves(track: Track, learned_info: Mapping[str, Any], val_scores: Mappi
 def run_track(track: Track, work: Path, budget: Budget, quick: bool, seed: int, workers: int = 1) -> dict[str, Any]:
     """Classical and learned methods on one track, scored and printed."""
     print(f"track {track.name}: {track.title}: {len(track.train)} training / {len(track.test)} test images")
-    classic, classic_info = classical(track, quick, workers)
+    classic, classic_info, tuned = classical(track, quick, workers)
     trained, learned_info = learned(track, work, budget, seed)
     scores = score(track, {**classic, **trained}, figure_fields=4)
     comp = comparisons(track.name, scores["methods"])
     val_pairs = read_split(work / track.name / "runs" / DEFAULT / "split.json")["val"]  # the same split for every model
-    val_scores = validation_scores(track, val_pairs, classic_info, quick)
+    val_scores = validation_scores(val_pairs, tuned)
     bar = bar_of(track.name, val_scores)
     curves = {
         "validation_images": learned_info[DEFAULT]["val_names"], "classical_on_validation": val_scores, "bar": bar,

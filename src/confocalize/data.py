@@ -308,12 +308,12 @@ class CentralCrops(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]
-        (y0, y1), (x0, x1) = (_central_span(n, self.multiple, self.max_size) for n in image.shape)
+        (y0, y1), (x0, x1) = (central_span(n, self.multiple, self.max_size) for n in image.shape)
         return _tensors(image.lq[:, y0:y1, x0:x1], image.hq[:, y0:y1, x0:x1])
 
 
-def _central_span(n: int, multiple: int, max_size: int) -> tuple[int, int]:
-    """Start and end of the central crop of an axis of ``n`` pixels."""
+def central_span(n: int, multiple: int, max_size: int) -> tuple[int, int]:
+    """Start and end of the central crop of an axis of ``n`` pixels: at most ``max_size``, a multiple of ``multiple`` where it can be."""
     size = min(n, max_size)
     size = size - size % multiple if size >= multiple else size
     start = (n - size) // 2
