@@ -89,7 +89,7 @@ def quiet_lightning() -> None:
 def machine() -> dict[str, Any]:
     """CPU model, cores, GPU, torch threads and versions, and the load average (other work skews timings)."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": train.cpu_model(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -98,16 +98,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def commit() -> str:

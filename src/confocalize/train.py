@@ -27,6 +27,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import platform
 import sys
 import time
 import warnings
@@ -415,15 +416,18 @@ def _hardware(trainer: L.Trainer) -> str:
     n = trainer.world_size
     if trainer.strategy.root_device.type == "cuda":
         return f"{n} x {torch.cuda.get_device_name(trainer.strategy.root_device)}"
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "CPU")
-    return f"{n} x {os.cpu_count()}-core {cpu} ({torch.get_num_threads()} torch threads)"
+    return f"{n} x {os.cpu_count()}-core {cpu_model()} ({torch.get_num_threads()} torch threads)"
 
 
-def _cpuinfo() -> list[str]:
+def cpu_model() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``; elsewhere what ``platform`` knows)."""
     try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return []
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _on_gpu(t: TrainerConfig) -> bool:
