@@ -292,7 +292,7 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
             generator=GENERATORS[method.generator],
             loss=method.loss,
             optim=method.optim,
-            trainer=TrainerConfig(max_steps=budget.steps or 10**7, max_time_minutes=budget.minutes, val_every_steps=budget.val_every,
+            trainer=TrainerConfig(max_steps=budget.steps, max_time_minutes=budget.minutes, val_every_steps=budget.val_every,
                                   seed=seed, progress_bar=False),  # fmt: skip
         )  # fmt: skip
         with architecture(method.generator):

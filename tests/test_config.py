@@ -49,3 +49,19 @@ def test_fp16_with_a_fidelity_phase_is_refused_in_one_line():
     with pytest.raises(ConfocalizeError, match="use bf16-mixed or 32-true"):
         parse_config({"trainer": {"precision": "16-mixed"}})
     assert parse_config({"trainer": {"precision": "16-mixed"}, "loss": {"fidelity_fraction": 0}}).trainer.precision == "16-mixed"
+
+
+def test_minutes_alone_lift_the_step_cap_unless_steps_are_given(tmp_path):
+    from confocalize.cli import _train_config, build_parser
+
+    def trainer(*extra):
+        return _train_config(build_parser().parse_args(["train", "pairs", *extra])).trainer
+
+    assert trainer().max_steps == 2000 and trainer().max_time_minutes is None
+    assert trainer("--minutes", "30").max_steps is None  # the wall time is the whole budget
+    assert trainer("--minutes", "30", "--steps", "500").max_steps == 500
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  max_steps: 700\n")
+    assert trainer("--minutes", "30", "--config", str(config)).max_steps == 700  # the file's own cap stays
+    with pytest.raises(ConfocalizeError, match="needs a budget"):
+        parse_config({"trainer": {"max_steps": None}})

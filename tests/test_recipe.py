@@ -22,6 +22,7 @@ def test_progress_is_the_larger_share_of_steps_and_time() -> None:
     assert budget_progress(10, 100, elapsed_s=30, max_seconds=60) == 0.5
     assert budget_progress(90, 100, elapsed_s=30, max_seconds=60) == 0.9
     assert budget_progress(200, 100) == 1.0
+    assert budget_progress(10**6, None, elapsed_s=15, max_seconds=60) == 0.25  # a time budget without a step cap
 
 
 def test_learning_rate_warms_up_then_decays_to_its_end_value() -> None:

@@ -114,7 +114,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The config file (or defaults) with the command-line options laid over it."""
     from confocalize.config import TrainConfig, load_config, parse_config
 
-    raw = (load_config(args.config) if args.config else TrainConfig()).model_dump()
+    base = load_config(args.config) if args.config else TrainConfig()
+    raw = base.model_dump()
     overrides = {
         "data": {"pairs_dir": args.pairs_dir, "lq_dir": args.lq, "hq_dir": args.hq, "pairs_csv": args.pairs_csv,
                  "field_pattern": args.field_pattern, "lq_pixel_size": args.lq_pixel_size},
@@ -123,6 +124,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     }
     for section, values in overrides.items():
         raw[section].update({k: v for k, v in values.items() if v is not None})
+    if args.minutes is not None and args.steps is None and "max_steps" not in base.trainer.model_fields_set:
+        raw["trainer"]["max_steps"] = None  # --minutes alone: the wall time is the budget, not the default step count
     for side in ("lq_system", "hq_system"):
         raw["provenance"][side].update(_key_values(getattr(args, side), f"--{side.replace('_', '-')}"))
     if args.output is not None:
@@ -338,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML with settings (see config.py)")
     p.add_argument("-o", "--output", type=Path, help="run folder (default from config: runs/latest)")
     p.add_argument("--steps", type=int, help="generator steps")
-    p.add_argument("--minutes", type=float, help="stop after this wall time")
+    p.add_argument("--minutes", type=float, help="stop after this wall time; without --steps it is the whole budget (no step cap)")
     p.add_argument("--resume", type=Path, help="checkpoint to continue from (e.g. RUN/checkpoints/last.ckpt)")
     p.add_argument("--init-from", metavar="PACKAGE", help="fine-tune: start from this model's generator (folder, .zip or built-in name)")
     p.add_argument("--accelerator", help="cpu, gpu or auto")

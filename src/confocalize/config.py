@@ -118,7 +118,7 @@ class OptimConfig(Strict):
 class TrainerConfig(Strict):
     """The Lightning trainer: length, hardware, logging and checkpoints."""
 
-    max_steps: int = Field(2000, ge=1, description="generator optimisation steps")
+    max_steps: int | None = Field(2000, ge=1, description="generator optimisation steps; None: no step cap (max_time_minutes ends the run)")
     max_time_minutes: float | None = Field(None, gt=0)
     val_every_steps: int = Field(200, ge=1)
     accelerator: str = "auto"
@@ -135,6 +135,12 @@ class TrainerConfig(Strict):
     stop_on_nan: bool = Field(True, description="stop when a loss or weight becomes NaN/Inf, keeping the last good checkpoint")
     d_collapse_steps: int = Field(200, ge=0, description="stop when the D loss stays below d_collapse_threshold this many steps; 0: never")
     d_collapse_threshold: float = Field(1e-3, gt=0, description="D loss below which the discriminator counts as collapsed")
+
+    @model_validator(mode="after")
+    def _has_a_budget(self) -> TrainerConfig:
+        if self.max_steps is None and self.max_time_minutes is None:
+            raise ValueError("give max_steps or max_time_minutes (or both): a run needs a budget")
+        return self
 
 
 class SystemDescription(Strict):

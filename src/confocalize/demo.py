@@ -43,7 +43,7 @@ def demo_config(output_dir: Path, pairs_dir: Path, minutes: float, seed: int) ->
         output_dir=output_dir / "run",
         data=DataConfig(pairs_dir=pairs_dir, patch_size=128, batch_size=8, val_fraction=0.2, test_fraction=0.2),
         discriminator=DEMO_DISCRIMINATOR,
-        trainer=TrainerConfig(max_steps=100_000, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
+        trainer=TrainerConfig(max_steps=None, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
         provenance=ProvenanceConfig(**dict(zip(("lq_system", "hq_system"), systems(SimulationParams()), strict=True))),
     )
 

@@ -14,12 +14,15 @@ import math
 from confocalize.config import LossConfig, OptimConfig
 
 
-def budget_progress(steps: int, max_steps: int, elapsed_s: float = 0.0, max_seconds: float | None = None) -> float:
-    """Share of the budget spent, in [0, 1]: the larger of the step share and the time share."""
-    shares = [steps / max_steps]
+def budget_progress(steps: int, max_steps: int | None, elapsed_s: float = 0.0, max_seconds: float | None = None) -> float:
+    """Share of the budget spent, in [0, 1]: the larger of the step share and the time share
+    (a budget without ``max_steps`` or ``max_seconds`` has no share of that kind)."""
+    shares = [0.0]
+    if max_steps:
+        shares.append(steps / max_steps)
     if max_seconds:
         shares.append(elapsed_s / max_seconds)
-    return min(1.0, max(0.0, *shares))
+    return min(1.0, max(shares))
 
 
 def lr_factor(progress: float, optim: OptimConfig) -> float:

@@ -238,7 +238,8 @@ class Pix2Pix(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.generator_steps >= self.cfg.trainer.max_steps:
+        max_steps = self.cfg.trainer.max_steps
+        if max_steps is not None and self.generator_steps >= max_steps:
             self.trainer.should_stop = True  # makes Lightning validate (and checkpoint) after this last step
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -375,7 +376,7 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
     if strategy in DDP_STRATEGIES and n_optimizers > 1:
         strategy += "_find_unused_parameters_true"  # each optimizer's step leaves the other net without gradients
     return L.Trainer(
-        max_steps=t.max_steps * n_optimizers,
+        max_steps=t.max_steps * n_optimizers if t.max_steps is not None else -1,
         val_check_interval=t.val_every_steps,
         check_val_every_n_epoch=None,
         reload_dataloaders_every_n_epochs=1,
@@ -404,7 +405,7 @@ def _timer(t: TrainerConfig) -> Timer:
     return Timer(duration=duration, interval="step", verbose=False)
 
 
-def _progress_callbacks(show: bool, max_steps: int) -> list[Callback]:
+def _progress_callbacks(show: bool, max_steps: int | None) -> list[Callback]:
     """A live bar on a terminal; plain lines (``training_log.TrainingLog``) into a file or a pipe."""
     if not show:
         return []

@@ -21,7 +21,7 @@ LOSSES = ("train/g_l1", "train/g_adv", "train/d_loss")
 class TrainingLog(Callback):
     """Print progress lines to ``stream`` (stderr by default); rank 0 only."""
 
-    def __init__(self, max_steps: int, every_s: float = 120.0, stream: IO[str] | None = None) -> None:
+    def __init__(self, max_steps: int | None, every_s: float = 120.0, stream: IO[str] | None = None) -> None:
         self.max_steps, self.every_s = max_steps, every_s
         self.stream = stream
         self._last_time = 0.0
@@ -34,7 +34,7 @@ class TrainingLog(Callback):
         rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
         self._last_time, self._last_step = now, step
         metrics = trainer.callback_metrics
-        parts = [f"train {event}: step {step}/{self.max_steps}", f"{rate:.2f} steps/s"]
+        parts = [f"train {event}: step {step}" + (f"/{self.max_steps}" if self.max_steps else ""), f"{rate:.2f} steps/s"]
         parts += [f"{name.split('/')[-1]} {float(metrics[name]):.4g}" for name in LOSSES if name in metrics]
         if "val/psnr" in metrics:
             parts.append(f"val PSNR {float(metrics['val/psnr']):.2f} dB SSIM {float(metrics['val/ssim']):.3f}")

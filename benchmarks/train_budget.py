@@ -1,0 +1,105 @@
+"""The new user's run: ``confocalize train`` with default settings for a wall-time budget on W2S.
+
+Issue 11's target, tried as a user would: the command line (not the Python API), default settings,
+``--minutes 30`` on 2 cores, trained on W2S fields 001-080 (all channels; the CLI holds out its own
+validation fields among them), then scored on the official test fields 081-120 against a Gaussian
+and BM3D whose parameters are tuned on training images only (``confocalize.baselines``). BM3D is
+slow (seconds per image), so it is scored on a subset: channel 0 of every ``--bm3d-every``-th test
+field; the model and the Gaussian are scored on that subset too, and on every test image.
+
+    python benchmarks/train_budget.py                     # ~40 min on 2 cores
+    python benchmarks/train_budget.py --minutes 0.3 --test-every 20 --quick   # smoke run
+
+Writes ``benchmarks/results/train_budget.json`` (settings, load average, steps, learning curve,
+medians). Metrics: plain PSNR/SSIM, each image percentile-normalised (``metrics.NORMALISATION``),
+data_range 1, medians over images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import learning_curve, machine, print_table, write_results
+from confocalize import baselines
+from confocalize.io import read_image
+from confocalize.metrics import NORMALISATION, compare
+from confocalize.package import load_package
+from confocalize.pairs import PairPaths
+from confocalize.predict import enhance_image
+from quality import BM3D_TUNING_IMAGES, TUNING_IMAGES, TUNING_MAX_SIZE, _pairs_csv, tuning_pairs, w2s_track
+
+
+def scores(outputs: dict[str, np.ndarray], pairs: list[PairPaths]) -> dict[str, float]:
+    """Median plain PSNR/SSIM of ``outputs`` (by pair name) against each pair's HQ."""
+    values = [compare(outputs[p.name], read_image(p.hq).data)["plain"] for p in pairs]
+    return {m: float(np.median([v[m] for v in values])) for m in ("psnr", "ssim")}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train through the CLI, enhance the test fields, score against tuned Gaussian and BM3D."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="confocalize train --minutes")
+    parser.add_argument("--test-every", type=int, default=1, help="every n-th test field of 081-120")
+    parser.add_argument("--bm3d-every", type=int, default=2, help="BM3D on channel 0 of every n-th scored test field")
+    parser.add_argument("--quick", action="store_true", help="training fields 001-003 only, small tuning grids")
+    parser.add_argument("--work-dir", type=Path, default=None, help="folder for the run (default: temporary)")
+    args = parser.parse_args(argv)
+    track = w2s_track(args.quick)
+    test = [p for p in track.test if (int(p.field) - 81) % args.test_every == 0]
+    subset = [p for p in test if p.name.endswith("_0") and (int(p.field) - 81) % (args.test_every * args.bm3d_every) == 0]
+    with tempfile.TemporaryDirectory(prefix="confocalize-train-budget-") as tmp:
+        work = args.work_dir or Path(tmp)
+        csv_path = _pairs_csv(track.train, work / "train_pairs.csv")
+        run = work / "run"
+        command = [str(Path(sys.executable).with_name("confocalize")), "train", "--pairs-csv", str(csv_path),
+                   "--minutes", f"{args.minutes:g}", "-o", str(run)]  # fmt: skip
+        before = machine()
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        train_wall = time.perf_counter() - start
+        load_after = os.getloadavg()
+        package = load_package(run / "model")
+        model = {p.name: enhance_image(package, read_image(p.lq)).data for p in test}
+        tuning = tuning_pairs(track.train, 2 if args.quick else TUNING_IMAGES, TUNING_MAX_SIZE)
+        gaussian = baselines.tune(baselines.gaussian, baselines.GAUSSIAN_GRID, tuning)
+        grid = baselines.BM3D_GRID[2:5] if args.quick else baselines.BM3D_GRID
+        bm3d = baselines.tune(baselines.bm3d, grid, tuning[: 1 if args.quick else BM3D_TUNING_IMAGES])
+        lq = {p.name: read_image(p.lq).data for p in test}
+        blurred = {n: baselines.gaussian(x, **gaussian.params) for n, x in lq.items()}
+        denoised = {p.name: baselines.bm3d(lq[p.name], **bm3d.params) for p in subset}
+        curve = learning_curve(run)
+        provenance = package.provenance.training
+    medians = {
+        "all": {"n_images": len(test), "lq": scores(lq, test), "gaussian": scores(blurred, test), "default": scores(model, test)},
+        "bm3d_subset": {"n_images": len(subset), "lq": scores(lq, subset), "gaussian": scores(blurred, subset),
+                        "bm3d": scores(denoised, subset), "default": scores(model, subset)},
+    }  # fmt: skip
+    target_met = all(medians["all"]["default"][m] > medians["all"]["gaussian"][m] for m in ("psnr", "ssim"))
+    doc = {
+        "command": " ".join(command[1:]), "minutes": args.minutes, "train_wall_seconds": train_wall,
+        "steps": provenance.steps if provenance else None, "machine_before": before, "load_average_after_training": load_after,
+        "train_fields": sorted({p.field for p in track.train}), "test_fields": sorted({p.field for p in test}),
+        "subset_names": [p.name for p in subset], "normalisation": NORMALISATION, "data_range": 1.0,
+        "gaussian": {"params": gaussian.params, "tuning_images": len(tuning)},
+        "bm3d": {"params": bm3d.params, "tuning_images": min(len(tuning), BM3D_TUNING_IMAGES)},
+        "curve": curve, "medians": medians,
+        "target": {"description": "default beats the tuned Gaussian in median PSNR and SSIM on every test image", "met": target_met},
+    }  # fmt: skip
+    rows = [[group, name, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}"] for group, d in medians.items() for name, v in d.items() if name != "n_images"]
+    print_table(f"confocalize train --minutes {args.minutes:g} (steps {doc['steps']}), W2S test fields", ["images", "method", "PSNR", "SSIM"], rows)
+    print(f"target (beat the Gaussian on PSNR and SSIM): {'met' if target_met else 'NOT met'}")
+    print(f"written {write_results('train_budget', doc)}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
