@@ -9,18 +9,22 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from confocalize import package, train
 from confocalize.config import GeneratorConfig, LossConfig, OptimConfig
+from confocalize.io import read_image
+from confocalize.metrics import compare
 from confocalize.nets.reference import REFERENCE_GENERATOR, build_reference
+from confocalize.pairs import PairPaths
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONFOCALIZE_DATA", REPO.parent / "shared" / "data"))  # override: a copy elsewhere
@@ -78,6 +82,13 @@ def learning_curve(run: Path) -> list[dict[str, float]]:
          "psnr": float(r["val/psnr"]), "ssim": float(r["val/ssim"])}
         for r in rows
     ]  # fmt: skip
+
+
+def median_scores(outputs: Mapping[str, np.ndarray], pairs: Sequence[PairPaths]) -> dict[str, float]:
+    """Median plain PSNR/SSIM (``metrics.compare``: percentile-normalised, data_range 1) of ``outputs``
+    (by pair name) against each pair's HQ."""
+    values = [compare(outputs[p.name], read_image(p.hq).data)["plain"] for p in pairs]
+    return {m: float(np.median([v[m] for v in values])) for m in ("psnr", "ssim")}
 
 
 def quiet_lightning() -> None:

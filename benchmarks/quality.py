@@ -154,17 +154,18 @@ def w2s_track(quick: bool, every: tuple[int, int] = (1, 1)) -> Track:
                  notes="pixel size not recorded in the files")  # fmt: skip
 
 
+def dscm_pair(name: str) -> PairPaths:
+    """The Deep-DSCM confocal/STED pair of field ``name`` (e.g. "Mito_3")."""
+    kind, i = name.split("_")
+    root = DATA / "dscm_confocal_sted" / kind
+    return PairPaths(name, name, root / f"{i}_Confocal.png", root / f"{i}_STED.png")
+
+
 def dscm_track(quick: bool) -> Track:
     """Track B: Deep-DSCM confocal -> STED; microtubule and mitochondria test fields never seen."""
-    root = DATA / "dscm_confocal_sted"
     names = [f"Micro_{i}" for i in range(1, 6)] + [f"Mito_{i}" for i in range(6)]
     test = ("Micro_5", "Mito_1") if quick else DSCM_TEST
-
-    def pair(name: str) -> PairPaths:
-        kind, i = name.split("_")
-        return PairPaths(name, name, root / kind / f"{i}_Confocal.png", root / kind / f"{i}_STED.png")
-
-    return Track("B", "Deep-DSCM confocal -> STED", [pair(n) for n in names if n not in test], [pair(n) for n in test],
+    return Track("B", "Deep-DSCM confocal -> STED", [dscm_pair(n) for n in names if n not in test], [dscm_pair(n) for n in test],
                  notes="pixel size not recorded in the files")  # fmt: skip
 
 
@@ -189,21 +190,24 @@ def simulated_track(a: Track, b: Track, work: Path, quick: bool, seed: int) -> T
                  SIM_PARAMS.lq_pixel_size, baselines.widefield_psf(SIM_PARAMS), notes)  # fmt: skip
 
 
-def render_objects(items: Sequence[tuple[str, PairPaths]], out: Path, target: str, seed: list[int]) -> None:
-    """Render the HQ image of each (track, pair) as an object: ``out/lq`` (wide-field) and ``out/TARGET``.
+def render_objects(
+    items: Sequence[tuple[str, PairPaths]], out: Path, target: str, seed: list[int], params: SimulationParams = SIM_PARAMS
+) -> None:
+    """Render the HQ image of each (track, pair) as an object through ``params``' optics: ``out/lq``
+    (wide-field) and ``out/TARGET``.
 
     ``target`` "hq" is the confocal camera image on its own grid, "clean" the noise-free confocal
     rendering on the LQ grid.
     """
     for i, (track, pair) in enumerate(items):
-        volume, voxel = object_from_image(read_image(pair.hq).data, OBJECT_PIXEL_SIZE[track], SIM_PARAMS)
-        sim = render_pair(volume, voxel, SIM_PARAMS, np.random.default_rng([*seed, i]))
+        volume, voxel = object_from_image(read_image(pair.hq).data, OBJECT_PIXEL_SIZE[track], params)
+        sim = render_pair(volume, voxel, params, np.random.default_rng([*seed, i]))
         name = f"{track}_{pair.name}.ome.tif"
-        write_image(out / "lq" / name, sim.lq, "YX", SIM_PARAMS.lq_pixel_size)
+        write_image(out / "lq" / name, sim.lq, "YX", params.lq_pixel_size)
         if target == "hq":
-            write_image(out / "hq" / name, sim.hq, "YX", SIM_PARAMS.hq_pixel_size)
+            write_image(out / "hq" / name, sim.hq, "YX", params.hq_pixel_size)
         else:
-            write_image(out / "clean" / name, sim.hq_clean, "YX", SIM_PARAMS.lq_pixel_size)
+            write_image(out / "clean" / name, sim.hq_clean, "YX", params.lq_pixel_size)
 
 
 def _spread(pairs: Sequence[PairPaths], n: int) -> list[PairPaths]:

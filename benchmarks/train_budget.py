@@ -26,22 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from common import learning_curve, machine, print_table, write_results
+from common import learning_curve, machine, median_scores, print_table, write_results
 from confocalize import baselines
 from confocalize.io import read_image
-from confocalize.metrics import NORMALISATION, compare
+from confocalize.metrics import NORMALISATION
 from confocalize.package import load_package
-from confocalize.pairs import PairPaths
 from confocalize.predict import enhance_image
 from quality import BM3D_TUNING_IMAGES, TUNING_IMAGES, TUNING_MAX_SIZE, _pairs_csv, tuning_pairs, w2s_track
-
-
-def scores(outputs: dict[str, np.ndarray], pairs: list[PairPaths]) -> dict[str, float]:
-    """Median plain PSNR/SSIM of ``outputs`` (by pair name) against each pair's HQ."""
-    values = [compare(outputs[p.name], read_image(p.hq).data)["plain"] for p in pairs]
-    return {m: float(np.median([v[m] for v in values])) for m in ("psnr", "ssim")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -79,9 +70,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         curve = learning_curve(run)
         provenance = package.provenance.training
     medians = {
-        "all": {"n_images": len(test), "lq": scores(lq, test), "gaussian": scores(blurred, test), "default": scores(model, test)},
-        "bm3d_subset": {"n_images": len(subset), "lq": scores(lq, subset), "gaussian": scores(blurred, subset),
-                        "bm3d": scores(denoised, subset), "default": scores(model, subset)},
+        "all": {"n_images": len(test), "lq": median_scores(lq, test), "gaussian": median_scores(blurred, test), "default": median_scores(model, test)},
+        "bm3d_subset": {"n_images": len(subset), "lq": median_scores(lq, subset), "gaussian": median_scores(blurred, subset),
+                        "bm3d": median_scores(denoised, subset), "default": median_scores(model, subset)},
     }  # fmt: skip
     target_met = all(medians["all"]["default"][m] > medians["all"]["gaussian"][m] for m in ("psnr", "ssim"))
     doc = {
