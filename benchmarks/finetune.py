@@ -46,11 +46,10 @@ from confocalize.config import DataConfig, TrainConfig, TrainerConfig  # noqa: E
 from confocalize.io import read_image  # noqa: E402
 from confocalize.metrics import NORMALISATION  # noqa: E402
 from confocalize.package import ModelPackage, load_package  # noqa: E402
-from confocalize.pairs import PairPaths, collect_pairs, match_by_name, register_folder  # noqa: E402
+from confocalize.pairs import PairPaths  # noqa: E402
 from confocalize.predict import enhance_image  # noqa: E402
-from confocalize.register import RegistrationOptions  # noqa: E402
 from confocalize.train import fit  # noqa: E402
-from quality import SIM_PARAMS, _pairs_csv, dscm_pair, render_objects  # noqa: E402
+from quality import SIM_PARAMS, _pairs_csv, clean_test_pairs, dscm_pair, registered_pairs, render_objects  # noqa: E402
 
 FIELDS = {"B": (1, 2, 3), "C": (1, 2, 4)}  # training fields per run (B: only four Mito fields are not test fields)
 PARENT_C = "sim-widefield-confocal"
@@ -72,12 +71,8 @@ def track_c(work: Path, quick: bool) -> tuple[list[PairPaths], list[PairPaths]]:
     root = work / "C"
     render_objects(objects(range(81, 98, 4)), root / "pool", target="hq", seed=[1, 0], params=USER_OPTICS)
     render_objects(objects(range(101, 104 if quick else 117, 3)), root / "test", target="clean", seed=[1, 1], params=USER_OPTICS)
-    records = register_folder(match_by_name(root / "pool" / "lq", root / "pool" / "hq"), root / "pairs", RegistrationOptions())
-    ok = {r.name for r in records if r.status == "ok"}
-    pool = [p for p in collect_pairs(pairs_dir=root / "pairs") if p.name in ok]
-    test = [PairPaths(p.stem.removesuffix(".ome"), p.stem.removesuffix(".ome"), p, root / "test" / "clean" / p.name)
-            for p in sorted((root / "test" / "lq").glob("*.ome.tif"))]  # fmt: skip
-    return pool, test
+    _, pool = registered_pairs(root / "pool", root / "pairs", DataConfig().patch_size)
+    return pool, clean_test_pairs(root / "test")
 
 
 def train(pairs: list[PairPaths], out: Path, minutes: float, init_from: Path | str | None, val_every: int) -> dict[str, Any]:

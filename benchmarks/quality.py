@@ -179,15 +179,26 @@ def simulated_track(a: Track, b: Track, work: Path, quick: bool, seed: int) -> T
     root = work / "C"
     for split, items in sources.items():
         render_objects(items, root / split, target="hq" if split == "train" else "clean", seed=[seed, int(split == "test")])
-    records = register_folder(match_by_name(root / "train" / "lq", root / "train" / "hq"), root / "pairs", RegistrationOptions())
-    large = {r.name for r in records if r.status == "ok" and min(r.crop[2] - r.crop[0], r.crop[3] - r.crop[1]) >= PATCH}
-    train = [p for p in collect_pairs(pairs_dir=root / "pairs") if p.name in large]
-    test = [PairPaths(p.stem.removesuffix(".ome"), p.stem.removesuffix(".ome"), p, root / "test" / "clean" / p.name)
-            for p in sorted((root / "test" / "lq").glob("*.ome.tif"))]  # fmt: skip
-    notes = (f"{len(records)} training pairs registered, {len(train)} usable (status ok, overlap >= {PATCH} px); "
+    n_registered, train = registered_pairs(root / "train", root / "pairs", PATCH)
+    test = clean_test_pairs(root / "test")
+    notes = (f"{n_registered} training pairs registered, {len(train)} usable (status ok, overlap >= {PATCH} px); "
              f"objects: W2S HQ at {OBJECT_PIXEL_SIZE['A']} µm/px, STED at {OBJECT_PIXEL_SIZE['B']} µm/px")  # fmt: skip
     return Track("C", "simulated wide-field -> confocal (real HQ images as objects)", train, test,
                  SIM_PARAMS.lq_pixel_size, baselines.widefield_psf(SIM_PARAMS), notes)  # fmt: skip
+
+
+def registered_pairs(rendered: Path, out: Path, min_size: int) -> tuple[int, list[PairPaths]]:
+    """Register ``rendered/lq`` against ``rendered/hq`` into the pairs folder ``out`` (what ``confocalize register``
+    does); the number of pairs tried and the usable ones (status ok, overlap at least ``min_size`` px per edge)."""
+    records = register_folder(match_by_name(rendered / "lq", rendered / "hq"), out, RegistrationOptions())
+    usable = {r.name for r in records if r.status == "ok" and min(r.crop[2] - r.crop[0], r.crop[3] - r.crop[1]) >= min_size}
+    return len(records), [p for p in collect_pairs(pairs_dir=out) if p.name in usable]
+
+
+def clean_test_pairs(rendered: Path) -> list[PairPaths]:
+    """Test pairs of rendered objects: the wide-field ``rendered/lq`` against the noise-free ``rendered/clean``."""
+    return [PairPaths(p.stem.removesuffix(".ome"), p.stem.removesuffix(".ome"), p, rendered / "clean" / p.name)
+            for p in sorted((rendered / "lq").glob("*.ome.tif"))]  # fmt: skip
 
 
 def render_objects(
@@ -231,14 +242,20 @@ def _crop(image: np.ndarray, multiple: int, max_size: int | None) -> np.ndarray:
     return image[..., y0:y1, x0:x1]
 
 
-def classical_methods(psf: np.ndarray, quick: bool) -> dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]]:
-    """Each classical method with its parameter grid (Richardson-Lucy with ``psf``)."""
-    return {
+def classical_methods(psf: np.ndarray | None, quick: bool) -> dict[str, tuple[Callable[..., np.ndarray], list[dict[str, Any]]]]:
+    """Each classical method with its parameter grid (Richardson-Lucy with ``psf``; left out without one)."""
+    methods = {
         "gaussian": (baselines.gaussian, baselines.GAUSSIAN_GRID),
         "nlm": (baselines.nlm, baselines.NLM_GRID[::4] if quick else baselines.NLM_GRID),
         "richardson_lucy": (functools.partial(baselines.richardson_lucy, psf=psf), baselines.RL_GRID[:3] if quick else baselines.RL_GRID),
         "bm3d": (baselines.bm3d, baselines.BM3D_GRID[2:5] if quick else baselines.BM3D_GRID),
     }
+    return methods if psf is not None else {name: m for name, m in methods.items() if name != "richardson_lucy"}
+
+
+def tuning_subset(name: str, tuning: Sequence[baselines.Pair], quick: bool) -> Sequence[baselines.Pair]:
+    """The tuning pairs of method ``name``: BM3D, about 100x slower than the others, is tuned on fewer."""
+    return tuning[: 1 if quick else BM3D_TUNING_IMAGES] if name == "bm3d" else tuning
 
 
 Tuned = dict[str, Callable[[np.ndarray], np.ndarray]]  # each classical method with its tuned parameters bound
@@ -254,7 +271,7 @@ def classical(track: Track, quick: bool, workers: int = 1) -> tuple[dict[str, di
     bound: Tuned = {}
     for name, (method, grid) in classical_methods(psf, quick).items():
         start = time.perf_counter()
-        pairs = tuning[: 1 if quick else BM3D_TUNING_IMAGES] if name == "bm3d" else tuning
+        pairs = tuning_subset(name, tuning, quick)
         tuned = baselines.tune(method, grid, pairs, workers=workers)
         tuned_s = time.perf_counter() - start
         start = time.perf_counter()

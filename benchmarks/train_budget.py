@@ -32,7 +32,7 @@ from confocalize.io import read_image
 from confocalize.metrics import NORMALISATION
 from confocalize.package import load_package
 from confocalize.predict import enhance_image
-from quality import BM3D_TUNING_IMAGES, TUNING_IMAGES, TUNING_MAX_SIZE, _pairs_csv, tuning_pairs, w2s_track
+from quality import TUNING_IMAGES, TUNING_MAX_SIZE, _pairs_csv, classical_methods, tuning_pairs, tuning_subset, w2s_track
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         package = load_package(run / "model")
         model = {p.name: enhance_image(package, read_image(p.lq)).data for p in test}
         tuning = tuning_pairs(track.train, 2 if args.quick else TUNING_IMAGES, TUNING_MAX_SIZE)
-        gaussian = baselines.tune(baselines.gaussian, baselines.GAUSSIAN_GRID, tuning)
-        grid = baselines.BM3D_GRID[2:5] if args.quick else baselines.BM3D_GRID
-        bm3d = baselines.tune(baselines.bm3d, grid, tuning[: 1 if args.quick else BM3D_TUNING_IMAGES])
+        methods = classical_methods(None, args.quick)
+        subsets = {name: tuning_subset(name, tuning, args.quick) for name in ("gaussian", "bm3d")}
+        gaussian, bm3d = (baselines.tune(*methods[name], pairs) for name, pairs in subsets.items())
         lq = {p.name: read_image(p.lq).data for p in test}
         blurred = {n: baselines.gaussian(x, **gaussian.params) for n, x in lq.items()}
         denoised = {p.name: baselines.bm3d(lq[p.name], **bm3d.params) for p in subset}
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps": provenance.steps if provenance else None, "machine_before": before, "load_average_after_training": load_after,
         "train_fields": sorted({p.field for p in track.train}), "test_fields": sorted({p.field for p in test}),
         "subset_names": [p.name for p in subset], "normalisation": NORMALISATION, "data_range": 1.0,
-        "gaussian": {"params": gaussian.params, "tuning_images": len(tuning)},
-        "bm3d": {"params": bm3d.params, "tuning_images": min(len(tuning), BM3D_TUNING_IMAGES)},
+        "gaussian": {"params": gaussian.params, "tuning_images": len(subsets["gaussian"])},
+        "bm3d": {"params": bm3d.params, "tuning_images": len(subsets["bm3d"])},
         "curve": curve, "medians": medians,
         "target": {"description": "default beats the tuned Gaussian in median PSNR and SSIM on every test image", "met": target_met},
     }  # fmt: skip
