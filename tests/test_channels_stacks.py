@@ -17,7 +17,7 @@ from confocalize.errors import ConfocalizeError
 from confocalize.evaluate import evaluate_pairs
 from confocalize.io import Image, read_image, write_image
 from confocalize.metrics import compare
-from confocalize.normalize import normalize
+from confocalize.normalize import sampled_normalization
 from confocalize.package import load_package, save_package
 from confocalize.pairs import PairPaths
 from confocalize.predict import enhance_image, predict_array
@@ -115,7 +115,8 @@ def test_25d_training_and_enhance_feed_neighbouring_planes(tmp_path: Path) -> No
     assert load_package(tmp_path / "copy.zip").context_slices == 1
     stack = np.random.default_rng(2).gamma(2.0, 100.0, (4, 40, 36)).astype(np.float32)
     out = enhance_image(package, Image(stack, "ZYX", z_step=0.5))
-    normalised = normalize(stack, package.normalization.low, package.normalization.high)[None]
+    n = package.normalization
+    normalised = sampled_normalization(stack, n.low, n.high, n.input_window).apply(stack)[None]
     for z in range(4):
         expected = predict_array(package.generator, network_input(normalised, [0], z, 1))[0]
         np.testing.assert_allclose(out.data[z], expected, atol=1e-6)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from confocalize.config import DataConfig
+from confocalize.config import DataConfig, NormalizationConfig
 from confocalize.data import (
     CentralCrops,
     PairedPatches,
@@ -108,6 +109,15 @@ def test_patches_sample_images_by_area() -> None:
     assert 0.72 < share_large < 0.88  # 1024 / (256 + 1024) = 0.8
 
 
+def test_lq_range_comes_from_local_means_and_hq_from_pixels(tmp_path: Path) -> None:
+    noisy = np.random.default_rng(0).normal(100, 30, (40, 40)).astype(np.float32)
+    (sample,) = load_pairs([write_pair(tmp_path, "p", noisy, noisy, "YX")], DataConfig(patch_size=16))
+    means = ndimage.uniform_filter(noisy, 3)[1:-1, 1:-1]
+    lo, hi = np.percentile(means, [1, 99.8])
+    np.testing.assert_allclose(sample.lq[0], (noisy - lo) / (hi - lo), atol=1e-4)  # input_window 3 by default
+    assert np.percentile(sample.hq, 99.8) == pytest.approx(1, abs=1e-5)  # targets keep single-pixel percentiles
+
+
 def test_central_crops_are_multiples_and_capped() -> None:
     crops = CentralCrops([sample(np.zeros((50, 37))), sample(np.zeros((600, 40)))], multiple=8, max_size=512)
     assert [tuple(crops[i][0].shape) for i in range(2)] == [(1, 48, 32), (1, 512, 40)]
@@ -123,7 +133,7 @@ def test_load_pairs_splits_channels_and_planes_and_normalises(tmp_path: Path) ->
     cyx = rng.integers(0, 4000, (2, 24, 20), dtype=np.uint16)
     zyx = rng.random((3, 24, 20), dtype=np.float32)
     pairs = [write_pair(tmp_path, "multi", cyx, cyx, "CYX"), write_pair(tmp_path, "stack", zyx, zyx * 7, "ZYX")]
-    samples = load_pairs(pairs, DataConfig(patch_size=16))
+    samples = load_pairs(pairs, DataConfig(patch_size=16, normalization=NormalizationConfig(input_window=1)))
     assert [s.name for s in samples] == ["multi_c0", "multi_c1", "stack_z0", "stack_z1", "stack_z2"]
     assert [s.field for s in samples] == ["multi"] * 2 + ["stack"] * 3
     for s in samples:

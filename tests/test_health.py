@@ -34,7 +34,7 @@ def test_exploding_learning_rate_stops_at_once_cli(pairs: Path, capsys) -> None:
     assert main(["train", "--config", str(config)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "Traceback" not in err and err.count("confocalize: error:") == 1
-    assert re.search(r"training stopped at step [12]: losses diverged", err) and "lower optim.lr" in err  # 1: the weights, 2: the loss
+    assert re.search(r"training stopped at step [12]: (losses|weights) diverged", err) and "lower optim.lr" in err
     assert "no checkpoint had been saved yet" in err
     assert not (pairs / "lr" / "checkpoints").exists() and not (pairs / "lr" / "model").exists()
 

@@ -44,8 +44,10 @@ def make_package(lq_pixel_size: float | None = 0.1, generator_config: GeneratorC
     provenance = Provenance(
         lq_system=LQ, hq_system=HQ, training_data=TrainingData(n_pairs=6, n_fields=3, lq_pixel_sizes_um=[0.1])
     )
+    generator = build_generator(cfg).eval()
+    generator.head.weight.data.normal_(0.0, 0.5)  # the residual head starts at zero: give it a correction to make
     return ModelPackage(
-        build_generator(cfg).eval(), generator_config or cfg, NormalizationConfig(low=2, high=99.5),
+        generator, generator_config or cfg, NormalizationConfig(low=2, high=99.5),
         lq_pixel_size=lq_pixel_size, provenance=provenance, metrics={"val": {"ssim": 0.8, "psnr": 25.0}},
     )  # fmt: skip
 
@@ -179,6 +181,24 @@ def test_other_format_versions_are_refused(folder: Path, version: int, fix: str)
     (folder / DESCRIPTION).write_text(json.dumps(desc))
     with pytest.raises(ConfocalizeError, match=f"format {version} is not supported.*{fix}"):
         load_package(folder)
+
+
+def test_format_3_packages_load_as_plain_unets(tmp_path: Path) -> None:
+    """Before format 4 no generator was residual: an old package without the key keeps its meaning."""
+    plain = make_package(generator_config=GeneratorConfig(depth=2, base_channels=4, residual=False))
+    plain.generator = build_generator(plain.generator_config).eval()
+    folder = save_package(plain, tmp_path / "old")
+    desc = json.loads((folder / DESCRIPTION).read_text())
+    desc["format_version"] = 3
+    del desc["generator"]["residual"]
+    files = {DESCRIPTION: json.dumps(desc).encode(), WEIGHTS: (folder / WEIGHTS).read_bytes()}
+    (folder / DESCRIPTION).write_bytes(files[DESCRIPTION])
+    (folder / MANIFEST).write_text(json.dumps({**manifest(files), "format_version": 3}))
+    loaded = load_package(folder)
+    assert loaded.generator_config.residual is False
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded.generator(x), plain.generator(x))
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:

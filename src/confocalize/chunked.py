@@ -112,7 +112,7 @@ def channel_normalizations(
 
     One dask pass over all images, on ``scheduler`` (dask's current one by default).
     """
-    samples = [[percentile_sample(c) for c in as_czyx(_lazy(im.data), im.axes)] for im in images]
+    samples = [[percentile_sample(c, window=norm.input_window) for c in as_czyx(_lazy(im.data), im.axes)] for im in images]
     (computed,) = dask.compute(samples, scheduler=scheduler)
     return [[percentile_normalization(s, norm.low, norm.high) for s in per_image] for per_image in computed]
 

@@ -23,6 +23,12 @@ class NormalizationConfig(Strict):
 
     low: float = Field(1.0, ge=0, lt=50, description="lower percentile mapped to 0")
     high: float = Field(99.8, gt=50, le=100, description="upper percentile mapped to 1")
+    input_window: int = Field(
+        3, ge=1, le=15,
+        description="LQ percentiles are taken over the means of this many pixels square (1: single pixels), so that a "
+        "noisy input's range follows its signal, not its noise peaks; HQ targets use single pixels. Packages before "
+        "format 4 used 1",
+    )  # fmt: skip
 
 
 class DataConfig(Strict):
@@ -72,6 +78,9 @@ class GeneratorConfig(Strict):
     max_channels: int = Field(512, ge=4)
     norm: Literal["batch", "none"] = Field("batch", description="eval-mode BatchNorm is tile-safe; per-tile norms are not offered")
     dropout: float = Field(0.0, ge=0, lt=1)
+    residual: bool = Field(
+        True, description="learn a correction of the input (output = input planes + network); packages before format 4 have none"
+    )
 
 
 class DiscriminatorConfig(Strict):

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from confocalize.config import DataConfig, NormalizationConfig
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, read_image, write_json
-from confocalize.normalize import percentile_normalization
+from confocalize.normalize import sampled_normalization
 from confocalize.pairs import PairPaths
 from confocalize.stacks import as_czyx, data_groups, network_input
 
@@ -79,7 +79,8 @@ def _load_pair(pair: PairPaths, cfg: DataConfig) -> list[PairImages]:
         raise ConfocalizeError(f"{pair.lq}: {lq.axes} image has no z-planes for data.context_slices; use stacks or set it to 0")
     _refuse_constant(lq)
     _refuse_constant(hq)
-    lq_czyx, hq_czyx = _normalised_czyx(lq, cfg.normalization), _normalised_czyx(hq, cfg.normalization)
+    lq_czyx = _normalised_czyx(lq, cfg.normalization, cfg.normalization.input_window)
+    hq_czyx = _normalised_czyx(hq, cfg.normalization, window=1)
     return [
         PairImages(
             pair.name + _suffix(lq.axes, group, z), pair.field,
@@ -101,9 +102,10 @@ def _refuse_constant(image: Image) -> None:
             )
 
 
-def _normalised_czyx(image: Image, norm: NormalizationConfig) -> np.ndarray:
-    """``(C, Z, Y, X)`` float32, each channel normalised over its whole stack."""
-    return np.stack([percentile_normalization(c, norm.low, norm.high).apply(c) for c in as_czyx(image.data, image.axes)])
+def _normalised_czyx(image: Image, norm: NormalizationConfig, window: int) -> np.ndarray:
+    """``(C, Z, Y, X)`` float32, each channel normalised over its whole stack (percentiles of its
+    ``window``-pixel local means, as :func:`confocalize.predict.enhance_image` takes them)."""
+    return np.stack([sampled_normalization(c, norm.low, norm.high, window).apply(c) for c in as_czyx(image.data, image.axes)])
 
 
 def _suffix(axes: str, group: list[int], z: int) -> str:

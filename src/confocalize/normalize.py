@@ -44,14 +44,32 @@ def percentile_normalization(x: np.ndarray, low: float = 1.0, high: float = 99.8
     return Normalization(float(lo), float(hi))
 
 
-def percentile_sample(x: Array, max_samples: int = PERCENTILE_SAMPLES) -> Array:
-    """Every ``s``-th row and column of ``x`` (all planes), ``s`` the smallest stride leaving about ``max_samples`` values.
+def percentile_sample(x: Array, max_samples: int = PERCENTILE_SAMPLES, window: int = 1) -> Array:
+    """Values whose percentiles stand for ``x``'s: every ``s``-th row and column (all planes), ``s`` the
+    smallest stride leaving about ``max_samples`` values, each the mean of the ``window`` x ``window``
+    pixels from there on (``window`` 1: the pixels themselves).
 
-    ``x`` itself when it is no larger. Slicing only: numpy, zarr and dask arrays give a view or a lazy
-    array, so an image larger than memory is never loaded to estimate its percentiles.
+    ``x`` itself when it is no larger and ``window`` is 1. Slicing and sums only: numpy, zarr and dask
+    arrays give views or lazy arrays, so an image larger than memory is never loaded to estimate its
+    percentiles. Local means make a noisy image's range follow its signal rather than its noise peaks.
     """
     stride = max(1, math.ceil(math.sqrt(math.prod(x.shape) / max_samples)))  # type: ignore[attr-defined]
-    return x[..., ::stride, ::stride]  # type: ignore[index]
+    window = max(1, min(window, *x.shape[-2:]))  # type: ignore[attr-defined]
+    if window == 1:
+        return x[..., ::stride, ::stride]  # type: ignore[index]
+    ny, nx = ((n - window) // stride + 1 for n in x.shape[-2:])  # type: ignore[attr-defined]
+    total = None
+    for dy in range(window):
+        for dx in range(window):
+            part = x[..., dy : dy + (ny - 1) * stride + 1 : stride, dx : dx + (nx - 1) * stride + 1 : stride]  # type: ignore[index]
+            total = part.astype(np.float32) if total is None else total + part
+    return total / np.float32(window * window)  # type: ignore[operator]
+
+
+def sampled_normalization(x: np.ndarray, low: float, high: float, window: int = 1) -> Normalization:
+    """The :class:`Normalization` of one channel (its whole stack) as training and enhance make it:
+    the percentiles of :func:`percentile_sample` (``window``-pixel local means; exact up to a million values)."""
+    return percentile_normalization(percentile_sample(x, window=window), low, high)
 
 
 def normalize(x: np.ndarray, low: float = 1.0, high: float = 99.8, clip: bool = False) -> np.ndarray:

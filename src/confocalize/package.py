@@ -9,7 +9,9 @@ Layout (the same three files in a folder or at the top level of a zip, nothing e
 
 Packages that ship inside confocalize (``confocalize/models/NAME/``, listed by ``confocalize
 models``) are loaded by name wherever a package path is accepted. Format 3 adds the training run,
-the data licence and the lineage (parent packages) to the provenance; format 2 packages still load.
+the data licence and the lineage (parent packages) to the provenance; format 4 the generator's
+``residual`` setting and the normalisation's ``input_window`` (earlier packages load as non-residual
+U-Nets normalised over single pixels).
 
 Loading never unpickles: weights are safetensors, read from memory. A package is refused with a
 one-line :class:`ConfocalizeError` when its format is not this one, it holds unexpected files, a
@@ -40,8 +42,8 @@ from confocalize.errors import ConfocalizeError
 from confocalize.io import atomic_write
 from confocalize.nets import UNet
 
-FORMAT_VERSION = 3
-READABLE_FORMATS = (2, 3)  # 2: before training runs, licences and lineage were recorded
+FORMAT_VERSION = 4
+READABLE_FORMATS = (2, 3, 4)  # 2: before training runs, licences and lineage were recorded; 3: before residual U-Nets
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"  # packages that ship with confocalize, one folder each
 DESCRIPTION = "model.json"
 WEIGHTS = "weights.safetensors"
@@ -126,7 +128,7 @@ class ModelPackage:
 
 def build_generator(cfg: GeneratorConfig, in_channels: int = 1, out_channels: int = 1) -> UNet:
     """A U-Net generator from its settings."""
-    return UNet(in_channels, out_channels, cfg.depth, cfg.base_channels, cfg.max_channels, cfg.norm, cfg.dropout)
+    return UNet(in_channels, out_channels, cfg.depth, cfg.base_channels, cfg.max_channels, cfg.norm, cfg.dropout, cfg.residual)
 
 
 def save_package(package: ModelPackage, target: str | os.PathLike) -> Path:
@@ -207,7 +209,7 @@ def load_package(source: str | os.PathLike) -> ModelPackage:
     members = _read_members(source)
     package_hash = _check_manifest(source, members)
     try:
-        desc = _Description.model_validate_json(members[DESCRIPTION])
+        desc = _Description.model_validate(_as_current(json.loads(members[DESCRIPTION])))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -226,6 +228,16 @@ def load_package(source: str | os.PathLike) -> ModelPackage:
         sha256=package_hash,
         confocalize_version=desc.confocalize_version,
     )
+
+
+def _as_current(desc: dict[str, Any]) -> dict[str, Any]:
+    """A description of an earlier format in this format's terms: before format 4 no U-Net was residual
+    and input percentiles were taken over single pixels."""
+    if desc.get("format_version", FORMAT_VERSION) < 4:
+        for key, before in (("generator", {"residual": False}), ("normalization", {"input_window": 1})):
+            if isinstance(desc.get(key), dict):
+                desc[key] = {**before, **desc[key]}
+    return desc
 
 
 def _read_members(source: Path) -> dict[str, bytes]:

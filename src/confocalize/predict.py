@@ -30,7 +30,7 @@ from confocalize.batch import BatchSummary, Ledger
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, check_pixels, image_stem, list_images, read_image, write_image
 from confocalize.nets import UNet
-from confocalize.normalize import percentile_normalization, percentile_sample
+from confocalize.normalize import sampled_normalization
 from confocalize.package import ModelPackage, content_sha256
 from confocalize.stacks import as_czyx, model_groups, network_input
 
@@ -179,8 +179,8 @@ def enhance_image(
     """Enhance one image of any axes; returns float32 in the model's output units (normalised HQ, ~0..1).
 
     Each channel is normalised with the package's percentiles over its whole stack (not per plane,
-    so that dim out-of-focus planes stay dim; estimated on :func:`~confocalize.normalize.percentile_sample`,
-    exact up to a million values), then every plane goes through :func:`predict_array` with its input
+    so that dim out-of-focus planes stay dim; estimated on :func:`~confocalize.normalize.percentile_sample`
+    with the package's ``input_window``, exact up to a million values), then every plane goes through :func:`predict_array` with its input
     planes as :mod:`confocalize.stacks` describes: every channel on its own or all together, with the
     package's ``context_slices`` neighbouring planes (2.5D). Axes, pixel size, z step and path are kept
     (a C axis is added only if the model makes several output channels). See :func:`check_fit` for
@@ -193,10 +193,10 @@ def enhance_image(
     zoom = check_fit(package, image, resample)
     if zoom is not None:
         czyx = _resize_yx(czyx, [zoom * n for n in czyx.shape[-2:]])
-    low, high = package.normalization.low, package.normalization.high
+    norm = package.normalization
     normalised = np.empty(czyx.shape, dtype=np.float32)  # filled channel by channel: no full-size temporaries
     for c, out in zip(czyx, normalised, strict=True):
-        percentile_normalization(percentile_sample(c), low, high).apply(c, out=out)
+        sampled_normalization(c, norm.low, norm.high, norm.input_window).apply(c, out=out)
     k = package.context_slices
     stacks = [_predict_stack(package.generator, normalised, g, k, tile, batch_size) for g in groups]
     del normalised

@@ -62,13 +62,13 @@ from confocalize.errors import ConfocalizeError
 from confocalize.guards import AtomicCheckpointIO, training_guards
 from confocalize.metrics import compare
 from confocalize.nets import PatchGAN, UNet
-from confocalize.finetune import lineage, parent_package
+from confocalize.finetune import check_channels, lineage, parent_package
 from confocalize.package import ModelPackage, Provenance, TrainingData, TrainingRun, build_generator, save_package
 from confocalize.pairs import PairPaths, collect_pairs
 from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
 from confocalize.training_log import TrainingLog
 
-CHECKPOINT_FORMAT = 2  # 2: EMA generator, recipe schedules
+CHECKPOINT_FORMAT = 3  # 2: EMA generator, recipe schedules; 3: residual generator setting
 LAST = "last.ckpt"
 BEST = "best.ckpt"
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -292,6 +292,9 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     from, up to the same ``max_steps``. ``progress`` overrides ``trainer.progress_bar``.
     """
     start = time.monotonic()
+    parent = None
+    if config.init_from:
+        parent, config = parent_package(config)  # the parent's settings where the config sets none
     out = Path(config.output_dir)
     d = config.data
     if d.val_fraction == 0:
@@ -304,7 +307,8 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     split = split_by_field(pairs, d.val_fraction, d.test_fraction, config.trainer.seed)
     train_images, val_images = load_pairs(split["train"], d), load_pairs(split["val"], d)
     channels = sample_channels(train_images + val_images)
-    parent = parent_package(config, channels) if config.init_from else None
+    if parent is not None:
+        check_channels(parent, config, channels)
     module = Pix2Pix(config, channels)
     if parent is not None and ckpt_path is None:  # a resumed run has its weights in the checkpoint
         module.generator.load_state_dict(parent.generator.state_dict())
@@ -367,10 +371,12 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L.Trainer:
     """A Trainer whose step, validation, time limits and checkpoints follow ``config.trainer``."""
     t = config.trainer
-    checkpoints = ModelCheckpoint(
-        dirpath=Path(config.output_dir) / "checkpoints", filename=Path(BEST).stem, monitor="val/ssim", mode="max",
-        save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-    )  # fmt: skip
+    folder = Path(config.output_dir) / "checkpoints"
+    best = ModelCheckpoint(dirpath=folder, filename=Path(BEST).stem, monitor="val/ssim", mode="max", save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)  # fmt: skip
+    # Lightning's save_last writes last.ckpt only when the best one improved; this one writes it at every
+    # validation, after the best one (so the state it saves knows the newest best).
+    last = ModelCheckpoint(dirpath=folder, filename=Path(LAST).stem, save_top_k=1, enable_version_counter=False)
     show_progress = t.progress_bar if progress is None else progress
     strategy = t.strategy
     if strategy in DDP_STRATEGIES and n_optimizers > 1:
@@ -391,7 +397,7 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         precision=t.precision,  # type: ignore[arg-type]
         sync_batchnorm=_on_gpu(t),  # BatchNorm statistics over all processes; torch syncs them on GPUs only
         logger=_loggers(Path(config.output_dir) / "logs"),
-        callbacks=[_timer(t), *training_guards(t, Path(config.output_dir) / "checkpoints" / LAST, n_optimizers), checkpoints]
+        callbacks=[_timer(t), *training_guards(t, folder / LAST, n_optimizers), best, last]
         + _progress_callbacks(show_progress, t.max_steps),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=config.output_dir,

@@ -36,11 +36,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def centre_planes(in_channels: int, out_channels: int) -> list[int]:
+    """The input channels that hold the output planes themselves: the centre plane of each channel's
+    ``2k + 1`` z-context planes (:func:`confocalize.stacks.network_input` lays them out channel by channel)."""
+    planes, rest = divmod(in_channels, out_channels)
+    if rest or planes % 2 == 0:
+        raise ValueError(f"a residual U-Net needs an odd number of input planes per output channel, not {in_channels}/{out_channels}")
+    return [c * planes + planes // 2 for c in range(out_channels)]
+
+
 class UNet(nn.Module):
     """Encoder-decoder with ``depth`` 2x down-samplings and skip connections at every level.
 
     Any input height and width is accepted: the input is reflection-padded to a multiple of
-    ``2**depth`` and the output cropped back.
+    ``2**depth`` and the output cropped back. With ``residual`` the network learns a correction:
+    its output is the input's own planes (:func:`centre_planes`) plus the head's, and the head
+    starts at zero, so an untrained network returns its input instead of noise.
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class UNet(nn.Module):
         max_channels: int = 512,
         norm: str = "batch",
         dropout: float = 0.0,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if norm not in ("batch", "none"):
@@ -65,6 +77,10 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2) for level in range(depth))
         self.decoders = nn.ModuleList(_conv_block(2 * widths[level], widths[level], norm, 0.0) for level in range(depth))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.skip_planes = centre_planes(in_channels, out_channels) if residual else None
+        if residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def multiple(self) -> int:
@@ -81,6 +97,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
+        identity = None if self.skip_planes is None else x[:, self.skip_planes]
         x = pad_to_multiple(x, self.multiple)
         skips = []
         for encoder in self.encoders:
@@ -91,4 +108,5 @@ class UNet(nn.Module):
         for level in reversed(range(self.depth)):
             x = self.ups[level](x)
             x = self.decoders[level](torch.cat([x, skips[level]], dim=1))
-        return self.head(x)[..., :h, :w]
+        out = self.head(x)[..., :h, :w]
+        return out if identity is None else out + identity
