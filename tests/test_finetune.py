@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_train import tiny_config, write_tiny_pairs
 
 from confocalize import package as package_module
@@ -52,6 +53,21 @@ def test_a_package_that_does_not_fit_is_refused_in_one_line(parent: tuple[Path, 
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Traceback" not in err and "cannot fine-tune from this model" in err and "its generator is" in err
     assert not (tmp_path / "cli" / "model").exists()
+
+
+def test_settings_the_run_leaves_open_come_from_the_parent(parent: tuple[Path, Path], tmp_path: Path) -> None:
+    """A parent of other generator and normalisation settings (e.g. a format-3 package) fine-tunes with --init-from alone."""
+    root, _ = parent
+    old = fit(tiny_config(root, str(tmp_path / "old"), generator={"depth": 2, "base_channels": 4, "residual": False},
+                          data={"normalization": {"input_window": 1}}))  # fmt: skip
+    raw = tiny_config(root, "unused").model_dump(mode="json", exclude_unset=True)
+    del raw["generator"]  # the child's config says nothing about the network
+    config = tmp_path / "child.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(config), "-o", str(tmp_path / "child"), "--init-from", str(old.model_dir)]) == 0
+    child = load_package(tmp_path / "child" / "model")
+    assert child.generator_config == load_package(old.model_dir).generator_config
+    assert child.normalization.input_window == 1 and not child.generator_config.residual
 
 
 def test_built_in_models_load_by_name_everywhere(parent: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:

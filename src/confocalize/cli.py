@@ -115,7 +115,11 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     from confocalize.config import TrainConfig, load_config, parse_config
 
     base = load_config(args.config) if args.config else TrainConfig()
-    raw = base.model_dump()
+    raw = base.model_dump(exclude_unset=True)  # what the user set stays marked as set (--init-from inherits the rest)
+    for section in ("data", "trainer", "provenance"):
+        raw.setdefault(section, {})
+    for side in ("lq_system", "hq_system"):
+        raw["provenance"].setdefault(side, {})
     overrides = {
         "data": {"pairs_dir": args.pairs_dir, "lq_dir": args.lq, "hq_dir": args.hq, "pairs_csv": args.pairs_csv,
                  "field_pattern": args.field_pattern, "lq_pixel_size": args.lq_pixel_size},
