@@ -89,17 +89,24 @@ def calibrate(
         errors.append(calibration.absolute_error(result.image.data, read_image(pair.hq).data, result.image.axes, package.normalization))
         spreads.append(result.uncertainty.data)
         means.append(result.image.data)
+    return fit_calibration(spreads, means, errors, data)
+
+
+def fit_calibration(
+    spreads: Sequence[np.ndarray], means: Sequence[np.ndarray], errors: Sequence[np.ndarray], data: str = ""
+) -> UncertaintyCalibration:
+    """The calibration of raw (smoothed) ``spreads`` with their test-time-augmented ``means`` and absolute ``errors``."""
     coef = calibration.fit(spreads, means, errors)
     rhos, medians = [], []
     for spread, mean, error in zip(spreads, means, errors, strict=True):
-        u = calibration.calibrated(spread, mean, **coef)
+        u = calibration.calibrated(spread.copy(), mean, **coef)
         rhos.append(calibration.spearman(u, error))
         medians.append(float(np.median(u)))
     return UncertaintyCalibration(
         **coef,
         median_p95=float(np.percentile(medians, OUTSIDE_PERCENTILE)),
         spearman=float(np.nanmedian(rhos)) if np.isfinite(rhos).any() else None,
-        n_images=len(pairs),
+        n_images=len(spreads),
         data=data,
     )
 
