@@ -21,6 +21,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from confocalize.config import TrainConfig
     from confocalize.package import ModelPackage
+    from confocalize.trust import TrustedEnhancer
 
 from confocalize import __version__
 from confocalize.errors import ConfocalizeError
@@ -167,11 +168,14 @@ def cmd_enhance(args: argparse.Namespace) -> None:
     if args.dask or args.format == "zarr" or args.workers or args.scheduler:
         _enhance_chunked(args, package)
         return
+    enhancer = _trusted_enhancer(args, package)
     with progress_bar("enhance") as bar:
         summary = enhance_files(
             package, args.inputs, args.output, dtype=args.dtype, pixel_size=args.pixel_size, axes=args.axes,
-            tile=args.tile, progress=bar, resample=args.resample, keep_going=args.keep_going,
+            tile=args.tile, progress=bar, resample=args.resample, keep_going=args.keep_going, enhancer=enhancer,
         )
+    for report in enhancer.reports if enhancer else ():
+        out.print(report.line(), highlight=False, soft_wrap=True)
     if summary.failed:
         _print_rows("not enhanced", ["file", "reason"], [[f.path, f.reason] for f in summary.failed])
     out.print(f"{summary.describe()}; outputs in {args.output}")
@@ -182,11 +186,24 @@ def cmd_enhance(args: argparse.Namespace) -> None:
         )
 
 
+def _trusted_enhancer(args: argparse.Namespace, package: ModelPackage) -> TrustedEnhancer | None:
+    """``--uncertainty``/``--consistency``: the enhancer that adds their maps; ``None`` without them."""
+    from confocalize.trust import TrustedEnhancer
+
+    if args.lq_psf and not args.consistency:
+        raise ConfocalizeError("--lq-psf is the PSF of the consistency check; add --consistency")
+    if not (args.uncertainty or args.consistency):
+        return None
+    return TrustedEnhancer(package, args.uncertainty, args.consistency, args.lq_psf, args.tile, resample=args.resample)
+
+
 def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
     """``enhance --format zarr`` or ``--dask``: chunk by chunk into OME-Zarr, in this process or on a dask cluster."""
     from confocalize.chunked import dask_client, enhance_to_zarr
 
-    unsupported = [flag for flag, on in (("--resample", args.resample), ("--keep-going", args.keep_going)) if on]
+    flags = (("--resample", args.resample), ("--keep-going", args.keep_going), ("--uncertainty", args.uncertainty),
+             ("--consistency", args.consistency))  # fmt: skip
+    unsupported = [flag for flag, on in flags if on]
     if unsupported:
         raise ConfocalizeError(f"{', '.join(unsupported)}: not available with --format zarr or --dask; enhance those files without")
     if (args.workers or args.scheduler) and not args.dask:
@@ -272,8 +289,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise ConfocalizeError(f"{args.split}: none of its '{args.split_set}' pairs are in the given data")
     package = load_package(args.model)
     with progress_bar("evaluate") as bar:
-        result = evaluate_model(package, pairs, args.output, lq_pixel_size=args.lq_pixel_size, progress=bar)
+        result = evaluate_model(package, pairs, args.output, lq_pixel_size=args.lq_pixel_size, progress=bar,
+                                uncertainty=args.uncertainty)  # fmt: skip
     _print_metrics(result, f"median over {result['n_images']} held-out images")
+    if "uncertainty" in result:
+        block = result["uncertainty"]
+        rows = [[r["name"], f"{r['spearman']:.3f}", f"{r['median_uncertainty']:.4f}", f"{r['rms_error']:.4f}"] for r in block["per_image"]]
+        kind = "calibrated" if package.uncertainty else "raw spread: the model has no calibration"
+        _print_rows(f"uncertainty vs |error| ({kind}): median Spearman {block['median_spearman']:.3f}",
+                    ["image", "Spearman", "median uncertainty", "RMS error"], rows)  # fmt: skip
     out.print(f"metrics: {Path(args.output) / 'metrics.json'}  figure: {Path(args.output) / 'figure.png'}")
 
 
@@ -382,6 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="with --dask: processes of the local cluster (default: one per CPU core)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="with --dask: a running dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--chunk", type=int, help="zarr/dask: chunk edge in pixels (default: the tile less twice the halo)")
+    p.add_argument(
+        "--uncertainty", action="store_true",
+        help="write NAME.uncertainty.ome.tif (calibrated per-pixel uncertainty, 8x the compute); the output is then "
+        "the mean over the 8 flips/rotations of the input",
+    )  # fmt: skip
+    p.add_argument(
+        "--consistency", action="store_true",
+        help="write NAME.consistency.ome.tif: the output re-imaged through the LQ microscope minus the input, in noise "
+        "units (needs the model's recorded LQ optics or --lq-psf)",
+    )  # fmt: skip
+    p.add_argument("--lq-psf", type=Path, metavar="FILE", help="with --consistency: the LQ PSF image at the input's sampling")
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("info", help="check a model package and print its systems, training data and metrics")
@@ -408,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--split", type=Path, help="split.json of a training run: evaluate only its held-out pairs")
     p.add_argument("--split-set", default="test", choices=["train", "val", "test"])
+    p.add_argument("--uncertainty", action="store_true",
+                   help="enhance with uncertainty (8 flips/rotations) and report how it ranks the errors (Spearman per image)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="simulate -> register -> train -> enhance -> evaluate on the embedded default")

@@ -12,7 +12,13 @@ taken over images. Written into the output folder, each file atomically:
 * ``metrics.csv``: one row per image, every method, plain and affine.
 * ``metrics_slices.csv`` (only when some image has several planes): the same, one row per plane,
   named like the training samples (``NAME_c0_z3``).
-* ``figure.png``: one row per field of view (first image of each): methods | HQ | error.
+* ``figure.png``: one row per field of view (first image of each): methods | HQ | error, and the
+  uncertainty when it was computed.
+
+With uncertainty maps (``evaluate --uncertainty``), ``metrics.json`` gains ``uncertainty``: per image
+the Spearman correlation of the uncertainty with the absolute error over its pixels (errors in the
+model's output units, :mod:`confocalize.calibration`), its median uncertainty and RMS error, and the
+median Spearman over images.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from confocalize import metrics
+from confocalize import calibration, metrics
+from confocalize.config import NormalizationConfig
 from confocalize.errors import ConfocalizeError
 from confocalize.io import atomic_write, read_image, write_image, write_json
 from confocalize.package import ModelPackage
 from confocalize.pairs import PairPaths
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, Progress, enhance_image
 from confocalize.stacks import as_czyx
+from confocalize.uncertainty import enhance_with_uncertainty
 
 LQ = "lq"
 GENERATED = "generated"
@@ -53,6 +61,7 @@ class _Panel:
     hq: np.ndarray
     scores: dict[str, Scores]
     pixel_size: float | None
+    uncertainty: np.ndarray | None = None  # the generated image's uncertainty plane, output units
 
 
 def evaluate_pairs(
@@ -62,11 +71,15 @@ def evaluate_pairs(
     lq_pixel_size: float | None = None,
     figure_fields: int = 4,
     baselines: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    uncertainties: Mapping[str, np.ndarray] | None = None,
+    normalization: NormalizationConfig | None = None,
 ) -> dict[str, Any]:
     """Score LQ, generated (``predictions`` by pair name) and optional ``baselines`` against HQ.
 
     Arrays must have the pair's LQ/HQ shape. Without ``predictions`` only LQ (and the baselines)
     are scored. ``lq_pixel_size`` (µm) sizes the figure's scale bar for files without metadata.
+    ``uncertainties`` (by pair name, the predictions' shape) are ranked against the predictions'
+    errors in output units, HQ normalised with ``normalization`` (the package's).
     Writes ``metrics.json``, ``metrics.csv`` and ``figure.png`` into ``out_dir``; returns the JSON dict.
     """
     if not pairs:
@@ -76,6 +89,7 @@ def evaluate_pairs(
     per_image: list[dict[str, Any]] = []
     per_slice: list[dict[str, Any]] = []
     panels: list[_Panel] = []
+    ranked: list[dict[str, Any]] = []
     for pair in pairs:
         lq = read_image(pair.lq, pixel_size=lq_pixel_size)
         hq = read_image(pair.hq).data
@@ -85,10 +99,16 @@ def evaluate_pairs(
         per_image.append(_image_record(pair, scores))
         for i, label in enumerate(_plane_labels(lq.axes, lq.data.shape)):
             per_slice.append(_image_record(replace(pair, name=pair.name + label), {m: s[i] for m, s in plane_scores.items()}))
+        unc = _lookup(uncertainties, pair, "uncertainty") if uncertainties is not None else None
+        if unc is not None:
+            ranked.append(_ranking(pair.name, unc, images[GENERATED], hq, lq.axes, normalization or NormalizationConfig()))
         if len(panels) < figure_fields and pair.field not in {p.field for p in panels}:
             planes = {m: _display_plane(a, lq.axes) for m, a in images.items()}
-            panels.append(_Panel(pair.name, pair.field, planes, _display_plane(hq, lq.axes), scores, lq.pixel_size))
+            shown = _middle_plane(unc, lq.axes) if unc is not None else None
+            panels.append(_Panel(pair.name, pair.field, planes, _display_plane(hq, lq.axes), scores, lq.pixel_size, shown))
     result = _summary(per_image, methods)
+    if ranked:
+        result["uncertainty"] = {"per_image": ranked, "median_spearman": float(np.nanmedian([r["spearman"] for r in ranked]))}
     out = Path(out_dir)
     write_json(out / "metrics.json", result)
     _write_csv(out / "metrics.csv", per_image, methods)
@@ -109,26 +129,44 @@ def evaluate_model(
     save_generated: bool = True,
     figure_fields: int = 4,
     progress: Progress | None = None,
+    uncertainty: bool = False,
 ) -> dict[str, Any]:
     """Enhance each pair's LQ with ``package`` and :func:`evaluate_pairs` the results.
 
     With ``save_generated`` the generated images go to ``out_dir/generated/NAME.ome.tif``.
+    With ``uncertainty`` each is the mean over the 8 flips/rotations, scored with its uncertainty
+    (saved as ``generated/NAME.uncertainty.ome.tif``; see :mod:`confocalize.uncertainty`).
     ``progress(done, total)`` counts the pairs enhanced plus one final step for the evaluation.
     """
     predictions: dict[str, np.ndarray] = {}
+    uncertainties: dict[str, np.ndarray] = {}
     total = len(pairs) + 1
     for done, pair in enumerate(pairs, start=1):
-        generated = enhance_image(package, read_image(pair.lq, pixel_size=lq_pixel_size), tile, batch_size)
-        predictions[pair.name] = generated.data
-        if save_generated:
-            path = Path(out_dir) / "generated" / f"{pair.name}.ome.tif"
-            write_image(path, generated.data, generated.axes, generated.pixel_size, generated.z_step)
+        lq = read_image(pair.lq, pixel_size=lq_pixel_size)
+        outputs = {"": enhance_image(package, lq, tile, batch_size)} if not uncertainty else {}
+        if uncertainty:
+            enhanced = enhance_with_uncertainty(package, lq, tile, batch_size)
+            outputs = {"": enhanced.image, ".uncertainty": enhanced.uncertainty}
+            uncertainties[pair.name] = enhanced.uncertainty.data
+        predictions[pair.name] = outputs[""].data
+        for suffix, image in outputs.items() if save_generated else ():
+            path = Path(out_dir) / "generated" / f"{pair.name}{suffix}.ome.tif"
+            write_image(path, image.data, image.axes, image.pixel_size, image.z_step)
         if progress is not None:
             progress(done, total)
-    result = evaluate_pairs(pairs, predictions, out_dir, lq_pixel_size, figure_fields)
+    result = evaluate_pairs(pairs, predictions, out_dir, lq_pixel_size, figure_fields,
+                            uncertainties=uncertainties if uncertainty else None, normalization=package.normalization)  # fmt: skip
     if progress is not None:
         progress(total, total)
     return result
+
+
+def _ranking(name: str, uncertainty: np.ndarray, generated: np.ndarray, hq: np.ndarray, axes: str,
+             normalization: NormalizationConfig) -> dict[str, Any]:
+    """How one image's uncertainty ranks its errors: Spearman, median uncertainty, RMS error (output units)."""
+    error = calibration.absolute_error(generated, hq, axes, normalization)
+    return {"name": name, "spearman": calibration.spearman(uncertainty, error), "median_uncertainty": float(np.median(uncertainty)),
+            "rms_error": float(np.sqrt(np.mean(np.square(error, dtype=np.float64))))}  # fmt: skip
 
 
 def table_rows(result: Mapping[str, Any], key: str = "median") -> tuple[list[str], list[list[str]]]:
@@ -181,8 +219,13 @@ def _planes(data: np.ndarray) -> np.ndarray:
 
 def _display_plane(data: np.ndarray, axes: str) -> np.ndarray:
     """The middle plane of the first channel, in the metric's [0, 1] units."""
+    return metrics.to_unit_range(_middle_plane(data, axes))
+
+
+def _middle_plane(data: np.ndarray, axes: str) -> np.ndarray:
+    """The middle plane of the first channel."""
     czyx = as_czyx(data, axes)
-    return metrics.to_unit_range(czyx[0, czyx.shape[1] // 2])
+    return czyx[0, czyx.shape[1] // 2]
 
 
 def _label(method: str) -> str:
@@ -248,7 +291,8 @@ def _write_figure(path: Path, panels: list[_Panel]) -> None:
 
     methods = list(panels[0].planes)
     shown = GENERATED if GENERATED in methods else LQ
-    n_cols = len(methods) + 2
+    with_uncertainty = panels[0].uncertainty is not None
+    n_cols = len(methods) + 2 + with_uncertainty
     fig = Figure(figsize=(3 * n_cols, 3.2 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), n_cols, squeeze=False)
@@ -257,17 +301,22 @@ def _write_figure(path: Path, panels: list[_Panel]) -> None:
             plain = panel.scores[method]["plain"]
             ax.imshow(panel.planes[method], cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{_label(method)}\nSSIM {plain['ssim']:.3f}  PSNR {plain['psnr']:.1f} dB", fontsize=9)
-        row[-2].imshow(panel.hq, cmap="gray", vmin=0, vmax=1)
-        row[-2].set_title("HQ", fontsize=9)
-        error = row[-1].imshow(np.abs(panel.planes[shown] - panel.hq), cmap="magma", vmin=0, vmax=0.5)
-        row[-1].set_title(f"|{_label(shown)} - HQ|", fontsize=9)
-        fig.colorbar(error, ax=row[-1], shrink=0.8)
+        hq_ax, error_ax = row[len(methods)], row[len(methods) + 1]
+        hq_ax.imshow(panel.hq, cmap="gray", vmin=0, vmax=1)
+        hq_ax.set_title("HQ", fontsize=9)
+        error = error_ax.imshow(np.abs(panel.planes[shown] - panel.hq), cmap="magma", vmin=0, vmax=0.5)
+        error_ax.set_title(f"|{_label(shown)} - HQ|", fontsize=9)
+        fig.colorbar(error, ax=error_ax, shrink=0.8)
+        if panel.uncertainty is not None:
+            spread = row[-1].imshow(panel.uncertainty, cmap="magma", vmin=0, vmax=float(np.percentile(panel.uncertainty, 99.5)) or 1)
+            row[-1].set_title("uncertainty (output units)", fontsize=9)
+            fig.colorbar(spread, ax=row[-1], shrink=0.8)
         row[0].set_ylabel(panel.name if panel.field == panel.name else f"{panel.name} (field {panel.field})", fontsize=9)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
         if panel.pixel_size:
-            _scale_bar(row[-2], panel.hq.shape, panel.pixel_size)
+            _scale_bar(hq_ax, panel.hq.shape, panel.pixel_size)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 

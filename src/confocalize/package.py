@@ -92,6 +92,19 @@ class Provenance(Strict):
     lineage: list[Parent] = Field([], description="the parent package first, then its parent, and so on")
 
 
+class UncertaintyCalibration(Strict):
+    """How the spread of a package's test-time-augmented outputs maps to error (``confocalize.calibration``)."""
+
+    estimator: Literal["dihedral-std"] = Field("dihedral-std", description="std over the 8 flips/rotations of the input")
+    scale: float = Field(ge=0, description="factor on the spread: u² = (scale·spread)² + signal·max(mean, 0) + floor²")
+    signal: float = Field(0.0, ge=0, description="error variance per unit of output signal")
+    floor: float = Field(0.0, ge=0, description="error present everywhere, output units")
+    median_p95: float = Field(ge=0, description="95th percentile of the calibration images' median calibrated uncertainty")
+    spearman: float | None = Field(None, description="median per-image Spearman(uncertainty, |error|) on the calibration images")
+    n_images: int = Field(ge=1)
+    data: str = Field("", description="the calibration images, e.g. the validation fields of the training split")
+
+
 class _Description(Strict):
     """The schema of ``model.json``."""
 
@@ -106,6 +119,7 @@ class _Description(Strict):
     lq_pixel_size_um: float | None = Field(gt=0)
     provenance: Provenance
     metrics: dict[str, dict[str, float | None]]
+    uncertainty: UncertaintyCalibration | None = None  # omitted when None
 
 
 @dataclass
@@ -124,6 +138,7 @@ class ModelPackage:
     path: Path | None = None  # where it was loaded from
     sha256: str | None = None  # package hash, when loaded
     confocalize_version: str | None = None  # version that wrote it, when loaded
+    uncertainty: UncertaintyCalibration | None = None  # calibration of enhance --uncertainty, when measured
 
 
 def build_generator(cfg: GeneratorConfig, in_channels: int = 1, out_channels: int = 1) -> UNet:
@@ -179,10 +194,12 @@ def _members(package: ModelPackage) -> dict[str, bytes]:
         lq_pixel_size_um=package.lq_pixel_size,
         provenance=package.provenance,
         metrics=package.metrics,
+        uncertainty=package.uncertainty,
     )
-    plain_2d = {"context_slices"} if package.context_slices == 0 else None  # 2D packages stay as before 2.5D existed
+    # 2D packages stay as before 2.5D existed, uncalibrated ones as before calibrations existed
+    omitted = {name for name, unset in (("context_slices", package.context_slices == 0), ("uncertainty", package.uncertainty is None)) if unset}
     files = {
-        DESCRIPTION: (description.model_dump_json(indent=2, exclude=plain_2d) + "\n").encode(),
+        DESCRIPTION: (description.model_dump_json(indent=2, exclude=omitted or None) + "\n").encode(),
         WEIGHTS: weights_bytes(package),
     }
     return {**files, MANIFEST: _json_bytes(manifest(files))}
@@ -227,6 +244,7 @@ def load_package(source: str | os.PathLike) -> ModelPackage:
         path=source,
         sha256=package_hash,
         confocalize_version=desc.confocalize_version,
+        uncertainty=desc.uncertainty,
     )
 
 
@@ -365,6 +383,7 @@ def package_summary(package: ModelPackage) -> dict[str, dict[str, Any]]:
         "training_run": _run_summary(package.provenance),
         "lineage": {f"parent {i + 1}" if i else "parent": f"{p.name} (sha256 {p.sha256})" for i, p in enumerate(package.provenance.lineage)},
         "metrics": package.metrics,
+        "uncertainty_calibration": package.uncertainty.model_dump() if package.uncertainty else {},
     }
 
 

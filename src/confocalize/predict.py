@@ -17,10 +17,10 @@ import contextlib
 import itertools
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +45,16 @@ FIT_TOLERANCE = 0.10  # relative pixel-size difference to the model's LQ pixel s
 OutputDtype = Literal["float32", "uint16"]
 PER_FILE_ERRORS = (ConfocalizeError, MemoryError, torch.OutOfMemoryError)  # a batch records these per file and goes on
 Progress = Callable[[int, int], None]
+
+
+class Enhancer(Protocol):
+    """What :func:`enhance_files` may call instead of :func:`enhance_image` (e.g. :class:`confocalize.trust.TrustedEnhancer`)."""
+
+    settings: Mapping[str, Any]  # what changes its outputs, recorded in the batch sidecars
+
+    def __call__(self, image: Image) -> tuple[Image, Mapping[str, Image]]:
+        """The result, and extra images by key, written beside it as ``NAME.KEY.ome.tif``."""
+        ...
 
 
 class TilingWarning(UserWarning):
@@ -268,6 +278,7 @@ def enhance_files(
     batch_size: int = DEFAULT_BATCH,
     resample: bool = False,
     keep_going: bool | None = None,
+    enhancer: Enhancer | None = None,
 ) -> BatchSummary:
     """Enhance image files and folders into ``out_dir/NAME.ome.tif`` (atomically); returns what was done.
 
@@ -278,23 +289,29 @@ def enhance_files(
     Outputs already complete from an earlier run are skipped, verified by their checksum sidecar
     (see :mod:`confocalize.batch`). ``keep_going`` (default: on when an input is a folder) records a
     file that cannot be read or enhanced in the summary's ``failed`` and goes on; otherwise it raises.
-    The summary, as a sequence, is the list of complete outputs.
+    The summary, as a sequence, is the list of complete outputs. ``enhancer`` replaces
+    :func:`enhance_image` (``tile``, ``batch_size`` and ``resample`` are then its own); its extra
+    images go beside each output as ``NAME.KEY.ome.tif`` (float32), before the output itself.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
     files = list_images(inputs)
     targets = output_paths(files, Path(out_dir))
     keep_going = any(Path(item).is_dir() for item in inputs) if keep_going is None else keep_going
-    ledger = Ledger(content_sha256(package), {"dtype": dtype, "axes": axes, "pixel_size": pixel_size, "resample": resample})
+    settings = {"dtype": dtype, "axes": axes, "pixel_size": pixel_size, "resample": resample}
+    ledger = Ledger(content_sha256(package), settings | dict(enhancer.settings) if enhancer else settings)
     for done, (src, dst) in enumerate(zip(files, targets), start=1):
         if not ledger.complete(src, dst):
             try:
-                result = enhance_image(package, read_image(src, axes=axes, pixel_size=pixel_size), tile, batch_size, resample)
+                image = read_image(src, axes=axes, pixel_size=pixel_size)
+                result, extras = enhancer(image) if enhancer else (enhance_image(package, image, tile, batch_size, resample), {})
             except PER_FILE_ERRORS as exc:
                 if not keep_going:
                     raise
                 ledger.fail(src, exc)
             else:
+                for key, extra in extras.items():
+                    write_image(extra_path(dst, key, files), extra.data, extra.axes, extra.pixel_size, extra.z_step)
                 write_image(dst, to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
                 ledger.wrote(src, dst)
         if progress is not None:
@@ -315,6 +332,14 @@ def output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") -> 
             raise ConfocalizeError(f"{seen[key]} and {src}: both would be written to {dst}; rename one of them")
         seen[key] = src
     return targets
+
+
+def extra_path(output: Path, key: str, inputs: Sequence[Path] = ()) -> Path:
+    """``NAME.KEY.ome.tif`` beside ``output`` (``NAME.ome.tif``); an error if it is one of ``inputs``."""
+    path = output.with_name(f"{image_stem(output)}.{key}.ome.tif")
+    if path.resolve() in {f.resolve() for f in inputs}:
+        raise ConfocalizeError(f"{path}: would overwrite an input; choose another output folder")
+    return path
 
 
 def to_dtype(data: np.ndarray, dtype: OutputDtype) -> np.ndarray:

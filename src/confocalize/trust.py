@@ -1,0 +1,106 @@
+"""What ``enhance --uncertainty`` and ``--consistency`` add to each image: maps beside the output and a line to judge it by.
+
+:class:`TrustedEnhancer` takes the place of :func:`confocalize.predict.enhance_image` in
+:func:`confocalize.predict.enhance_files`. With ``uncertainty`` the output is the mean over the 8
+flips and rotations and ``NAME.uncertainty.ome.tif`` its calibrated uncertainty
+(:mod:`confocalize.uncertainty`); with ``consistency`` ``NAME.consistency.ome.tif`` is the residual of
+the output imaged again through the LQ microscope against the input, in units of the input's noise
+(:mod:`confocalize.consistency`). Each image gets a :class:`TrustReport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from confocalize import consistency
+from confocalize.batch import file_sha256
+from confocalize.errors import ConfocalizeError
+from confocalize.io import Image
+from confocalize.package import ModelPackage
+from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
+from confocalize.uncertainty import enhance_with_uncertainty, outside_calibration
+
+UNCERTAINTY = "uncertainty"  # NAME.uncertainty.ome.tif
+CONSISTENCY = "consistency"  # NAME.consistency.ome.tif
+
+
+@dataclass(frozen=True)
+class TrustReport:
+    """What the extra outputs say about one image."""
+
+    name: str
+    median_uncertainty: float | None = None
+    calibrated: bool = False
+    outside_calibration: bool | None = None
+    consistency: float | None = None
+
+    def line(self) -> str:
+        """One line: median uncertainty, consistency score and, when it applies, the out-of-calibration flag."""
+        parts = []
+        if self.median_uncertainty is not None:
+            kind = "" if self.calibrated else " (raw spread: the model has no calibration)"
+            parts.append(f"median uncertainty {self.median_uncertainty:.4f}{kind}")
+        if self.consistency is not None:
+            parts.append(f"consistency {self.consistency:.2f} x noise")
+        flag = "  OUTSIDE CALIBRATION: uncertainty above 95% of the calibration images'" if self.outside_calibration else ""
+        return f"{self.name}: {', '.join(parts)}{flag}"
+
+
+@dataclass
+class TrustedEnhancer:
+    """An enhancer for ``enhance_files``: the result, the extra maps by file key, and a report per image."""
+
+    package: ModelPackage
+    uncertainty: bool = False
+    consistency: bool = False
+    lq_psf: Path | None = None
+    tile: int = DEFAULT_TILE
+    batch_size: int = DEFAULT_BATCH
+    resample: bool = False
+    reports: list[TrustReport] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Refuse a consistency check without LQ optics or with an unreadable PSF before any image is enhanced."""
+        where = str(self.package.path or "model")
+        self._psf = consistency.read_psf(self.lq_psf) if self.consistency and self.lq_psf is not None else None
+        self._sigma_um = consistency.optics_sigma_um(self.package.provenance.lq_system, where) if self.consistency and self._psf is None else None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What changes the outputs, for the batch sidecars."""
+        return {UNCERTAINTY: self.uncertainty, CONSISTENCY: self.consistency,
+                "lq_psf_sha256": file_sha256(self.lq_psf) if self._psf is not None and self.lq_psf else None}  # fmt: skip
+
+    def __call__(self, image: Image) -> tuple[Image, dict[str, Image]]:
+        """Enhance ``image``; the result and ``{"uncertainty": ..., "consistency": ...}`` as asked."""
+        psf = self._image_psf(image) if self.consistency else None
+        extras: dict[str, Image] = {}
+        report: dict[str, Any] = {}
+        if self.uncertainty:
+            enhanced = enhance_with_uncertainty(self.package, image, self.tile, self.batch_size, self.resample)
+            result, extras[UNCERTAINTY] = enhanced.image, enhanced.uncertainty
+            report |= {"median_uncertainty": enhanced.median, "calibrated": enhanced.calibrated,
+                       "outside_calibration": outside_calibration(self.package, enhanced.median)}  # fmt: skip
+        else:
+            result = enhance_image(self.package, image, self.tile, self.batch_size, self.resample)
+        if psf is not None:
+            check = consistency.check(result.data, result.axes, image.data, image.axes, psf, str(image.path or "image"))
+            extras[CONSISTENCY] = result.with_data(check.residual)
+            report["consistency"] = check.score
+        self.reports.append(TrustReport(image.name, **report))
+        return result, extras
+
+    def _image_psf(self, image: Image) -> np.ndarray:
+        """The PSF file, or the optics' Gaussian at the image's pixel size (else the model's LQ pixel size)."""
+        if self._psf is not None:
+            return self._psf
+        assert self._sigma_um is not None
+        system = self.package.provenance.lq_system
+        pixel_size = image.pixel_size or system.pixel_size_um or self.package.lq_pixel_size
+        if pixel_size is None:
+            raise ConfocalizeError(f"{image.path or 'image'}: pixel size unknown, the consistency check needs it; give --pixel-size")
+        return consistency.gaussian_psf(self._sigma_um / pixel_size)

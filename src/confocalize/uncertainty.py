@@ -1,0 +1,122 @@
+"""Per-pixel uncertainty: the spread of the model's output over the 8 flips and rotations of its input.
+
+A U-Net is not equivariant to the dihedral group of the square, and where it invents structure the
+8 transformed inputs (4 rotations by 90°, each with and without a mirror) disagree most: the
+invented detail is painted differently each time, while structure fixed by the input comes back the
+same. :func:`enhance_with_uncertainty` applies the model through :func:`confocalize.predict.enhance_image`
+to each transformed input, undoes the transform, and returns the mean of the 8 outputs (the
+test-time-augmented result) and their standard deviation, smoothed and calibrated with the
+package's ``model.json`` ``uncertainty`` (fitted by :func:`calibrate`; the raw smoothed spread when
+the package has none).
+The calibrated uncertainty is in output units and predicts the RMS error of the pixels that carry
+it; it adds an error that grows with the signal and a floor to the spread (the variance model of
+:mod:`confocalize.calibration`). Memory: the running mean and sum of squares (Welford) and
+one output, besides what ``enhance_image`` holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from confocalize import calibration
+from confocalize.io import Image, read_image
+from confocalize.package import ModelPackage, UncertaintyCalibration
+from confocalize.pairs import PairPaths
+from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
+
+DIHEDRAL = tuple((turns, mirror) for mirror in (False, True) for turns in range(4))  # (90° turns, mirrored x)
+OUTSIDE_PERCENTILE = 95.0  # an image whose median uncertainty exceeds this percentile of the calibration images' is flagged
+
+
+@dataclass(frozen=True)
+class Enhanced:
+    """A test-time-augmented result and its per-pixel uncertainty (same grid and axes, float32)."""
+
+    image: Image
+    uncertainty: Image
+    calibrated: bool  # False: the package has no calibration, the uncertainty is the raw spread
+
+    @property
+    def median(self) -> float:
+        """Median uncertainty over the image."""
+        return float(np.median(self.uncertainty.data))
+
+
+def enhance_with_uncertainty(
+    package: ModelPackage, image: Image, tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH, resample: bool = False
+) -> Enhanced:
+    """Enhance ``image`` in its 8 dihedral orientations: their mean and (calibrated) standard deviation."""
+    first = enhance_image(package, image, tile, batch_size, resample)  # the identity comes first in DIHEDRAL
+    mean = np.array(first.data, dtype=np.float32)
+    sum_sq = np.zeros_like(mean)
+    for n, (turns, mirror) in enumerate(DIHEDRAL[1:], start=2):
+        result = enhance_image(package, image.with_data(_transform(image.data, turns, mirror)), tile, batch_size, resample)
+        pred = np.array(_untransform(result.data, turns, mirror), dtype=np.float32)
+        pred -= mean  # Welford: pred is now the deviation from the old mean
+        mean += pred / n
+        pred *= pred
+        sum_sq += pred * ((n - 1) / n)
+    sum_sq /= len(DIHEDRAL)
+    spread = calibration.smooth(np.sqrt(sum_sq, out=sum_sq))
+    del sum_sq
+    cal = package.uncertainty
+    if cal is not None:
+        spread = calibration.calibrated(spread, mean, cal.scale, cal.signal, cal.floor)
+    return Enhanced(first.with_data(mean), first.with_data(spread), cal is not None)
+
+
+def outside_calibration(package: ModelPackage, median_uncertainty: float) -> bool | None:
+    """Whether an image's median uncertainty lies above what the package was calibrated on (``None``: no calibration)."""
+    cal = package.uncertainty
+    return None if cal is None else median_uncertainty > cal.median_p95
+
+
+def calibrate(
+    package: ModelPackage, pairs: Sequence[PairPaths], data: str = "", tile: int = DEFAULT_TILE, lq_pixel_size: float | None = None
+) -> UncertaintyCalibration:
+    """Fit the variance model on registered ``pairs`` (validation fields, never test fields), and the flag threshold.
+
+    The package's current calibration is ignored: the raw spread is fitted. Holds every pair's
+    images until the fit: give a validation set, not a whole data set.
+    """
+    raw = replace(package, uncertainty=None)
+    spreads, means, errors = [], [], []
+    for pair in pairs:
+        result = enhance_with_uncertainty(raw, read_image(pair.lq, pixel_size=lq_pixel_size), tile)
+        errors.append(calibration.absolute_error(result.image.data, read_image(pair.hq).data, result.image.axes, package.normalization))
+        spreads.append(result.uncertainty.data)
+        means.append(result.image.data)
+    return fit_calibration(spreads, means, errors, data)
+
+
+def fit_calibration(
+    spreads: Sequence[np.ndarray], means: Sequence[np.ndarray], errors: Sequence[np.ndarray], data: str = ""
+) -> UncertaintyCalibration:
+    """The calibration of raw (smoothed) ``spreads`` with their test-time-augmented ``means`` and absolute ``errors``."""
+    coef = calibration.fit(spreads, means, errors)
+    rhos, medians = [], []
+    for spread, mean, error in zip(spreads, means, errors, strict=True):
+        u = calibration.calibrated(spread.copy(), mean, **coef)
+        rhos.append(calibration.spearman(u, error))
+        medians.append(float(np.median(u)))
+    return UncertaintyCalibration(
+        **coef,
+        median_p95=float(np.percentile(medians, OUTSIDE_PERCENTILE)),
+        spearman=float(np.nanmedian(rhos)) if np.isfinite(rhos).any() else None,
+        n_images=len(spreads),
+        data=data,
+    )
+
+
+def _transform(data: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    """Mirror the last axis (x), then turn the last two axes ``turns`` x 90°: a view."""
+    return np.rot90(data[..., ::-1] if mirror else data, turns, axes=(-2, -1))
+
+
+def _untransform(data: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    """The inverse of :func:`_transform`."""
+    back = np.rot90(data, -turns, axes=(-2, -1))
+    return back[..., ::-1] if mirror else back
