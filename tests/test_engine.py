@@ -70,14 +70,17 @@ def exports(package: ModelPackage, monkeypatch: pytest.MonkeyPatch) -> list[nn.M
     return exported
 
 
-@pytest.mark.parametrize(("shape", "tile", "batch_size"), [((1, 150, 203), 96, 1), ((1, 97, 131), 72, 3), ((1, 37, 5), 64, 2)])
+@pytest.mark.parametrize(
+    ("shape", "tile", "batch_size"),
+    [((1, 150, 203), 96, 1), ((1, 97, 131), 72, 3), ((1, 37, 5), 64, 2), ((1, 2, 3), 64, 1)],  # the last under the grid (4)
+)
 def test_onnxruntime_equals_torch_on_tiles(package: ModelPackage, rng: np.random.Generator, shape, tile, batch_size) -> None:
     x = rng.normal(size=shape).astype(np.float32)
     runner = make_runner(package, "onnxruntime")
     assert isinstance(runner, OnnxRunner)
     expected = predict_array(package.generator, x, tile, batch_size)
     result = predict_array(package.generator, x, tile, batch_size, runner=runner)
-    assert expected.std() > 0.05 and result.shape == expected.shape and result.dtype == np.float32
+    assert expected.std() > 0.01 and result.shape == expected.shape and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, atol=TOLERANCE, rtol=0)
 
 

@@ -100,7 +100,7 @@ def _worker_runner(weights: GeneratorWeights) -> tuple[UNet, Runner, threading.L
     generator = build_generator(GeneratorConfig.model_validate_json(weights.config), weights.in_channels, weights.out_channels)
     generator.load_state_dict(load_safetensors(weights.weights))
     generator.eval()
-    runner = TorchRunner(generator) if weights.graph is None else OnnxRunner(weights.graph)
+    runner = TorchRunner(generator) if weights.graph is None else OnnxRunner(weights.graph, generator.multiple)
     return generator, runner, threading.Lock()
 
 

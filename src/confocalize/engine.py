@@ -7,8 +7,7 @@ blending, streaming, dask chunks and batch sidecars are therefore the same whate
 * :class:`TorchRunner`: the generator itself, channels_last, in eval mode and without autograd.
 * :class:`OnnxRunner`: ONNX Runtime's CPU execution provider on the generator's ONNX graph (the graph
   ``confocalize export --onnx`` writes, :func:`onnx_program`). Its results equal PyTorch's to about
-  1e-6 (tested to 1e-4); on 2 CPU cores it runs the default generator about 1.7x faster than
-  PyTorch channels_last (see BENCHMARKS.md).
+  1e-6 (tested to 1e-4), and it is faster than PyTorch on CPUs (``benchmarks/speed.py`` times both).
 
 The ONNX graph takes seconds to build, so :func:`onnx_graph` builds it once per package: it keeps
 the last few in memory and stores them in a user cache folder (:func:`cache_dir`) as
@@ -46,6 +45,7 @@ from torch import nn
 from confocalize import __version__
 from confocalize.errors import ConfocalizeError
 from confocalize.io import atomic_write
+from confocalize.nets.unet import pad_to_multiple
 from confocalize.package import ModelPackage, content_sha256
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -53,6 +53,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 Forward = Callable[[np.ndarray], np.ndarray]
 CACHE_ENV = "CONFOCALIZE_CACHE_DIR"  # the cache folder; set to an empty value to keep graphs in memory only
 MEMORY_GRAPHS = 4  # ONNX graphs kept in memory (a few MB each for the default generator)
+_GRAPHS: OrderedDict[str, bytes] = OrderedDict()  # this process's graphs by cache key, most recent last
 
 
 class BackendWarning(UserWarning):
@@ -98,8 +99,10 @@ class OnnxRunner:
 
     name: ClassVar[str] = "onnxruntime"
 
-    def __init__(self, graph: bytes, threads: int | None = None) -> None:
-        """``threads``: intra-op threads, by default torch's (``torch.set_num_threads`` governs both backends)."""
+    def __init__(self, graph: bytes, multiple: int, threads: int | None = None) -> None:
+        """``multiple``: the generator's; ``threads``: intra-op threads, by default torch's (``torch.set_num_threads``
+        governs both backends)."""
+        self.multiple = multiple
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -113,7 +116,11 @@ class OnnxRunner:
         yield self._run
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
-        return self._session.run(["output"], {"input": np.ascontiguousarray(tiles, dtype=np.float32)})[0]
+        tiles = np.ascontiguousarray(tiles, dtype=np.float32)
+        h, w = tiles.shape[-2:]
+        if min(h, w) < self.multiple:  # below the graph's smallest size (its reflection padding): pad as UNet.forward does
+            return self._run(pad_to_multiple(torch.from_numpy(tiles), self.multiple).numpy())[..., :h, :w]
+        return self._session.run(["output"], {"input": tiles})[0]
 
 
 def make_runner(package: ModelPackage, backend: Backend | Runner = "auto") -> Runner:
@@ -121,7 +128,7 @@ def make_runner(package: ModelPackage, backend: Backend | Runner = "auto") -> Ru
     if not isinstance(backend, str):
         return backend
     graph = graph_for(package, backend)
-    return TorchRunner(package.generator) if graph is None else OnnxRunner(graph)
+    return TorchRunner(package.generator) if graph is None else OnnxRunner(graph, package.generator.multiple)
 
 
 def graph_for(package: ModelPackage, backend: Backend) -> bytes | None:
@@ -168,9 +175,6 @@ def onnx_graph(package: ModelPackage) -> bytes:
     while len(_GRAPHS) > MEMORY_GRAPHS:
         _GRAPHS.popitem(last=False)
     return graph
-
-
-_GRAPHS: OrderedDict[str, bytes] = OrderedDict()  # this process's graphs by cache key, most recent last
 
 
 def cache_dir() -> Path | None:
