@@ -8,14 +8,18 @@ All in one run, so every ratio compares numbers measured side by side on the sam
   (so that load from other work on a shared machine falls on all of them alike). Forms: ``plain``
   = one whole-image forward, NCHW fp32, batch 1 (the reference design as published);
   ``channels_last`` = the same in channels_last; ``shipped`` = :func:`confocalize.predict.predict_array`
-  as ``confocalize enhance`` runs it (channels_last, 1024-pixel tiles with halos). GFLOP/s counts
-  the convolutions actually executed (tile halos and padding included), so tiling overhead shows
-  as Mpixel/s, not as efficiency;
+  with the PyTorch backend (channels_last, 1024-pixel tiles with halos: ``enhance --backend torch``);
+  ``shipped_onnxruntime`` = the same tiles through ONNX Runtime (``enhance``'s default on a CPU,
+  :mod:`confocalize.engine`; its graph is built before the timing). GFLOP/s counts the convolutions
+  actually executed (tile halos and padding included), so tiling overhead shows as Mpixel/s, not as
+  efficiency;
 * training images/s at 256 x 256 (the real training step of :class:`confocalize.train.Pix2Pix`
   with its PatchGAN, through Lightning; best of two alternating runs);
-* ``confocalize enhance --dtype uint16`` on 16-bit TIFFs of 1k² to 8k² pixels, the default model,
-  one fresh process each: wall time (interpreter start included; the linear fit's intercept) and
-  peak RSS (the 8192² one must stay under 2 GiB), and how time scales with pixels.
+* ``confocalize enhance --dtype uint16`` on 16-bit TIFFs of 1k² to 8k² pixels, the default model and
+  backend, one fresh process each: wall time (interpreter start included; the linear fit's intercept)
+  and peak RSS (the 8192² one must stay under 2 GiB), and how time scales with pixels. The model's
+  ONNX graph is built (and timed) once before, in a cache folder of the run, as a user's second
+  ``enhance`` finds it.
 
     python benchmarks/speed.py            # full (~15 min on 2 idle cores, longer when shared)
     python benchmarks/speed.py --quick    # smoke run of every path (~2 min)
@@ -26,6 +30,7 @@ Writes ``benchmarks/results/speed.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -33,7 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +52,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, REFERENCE, architecture, build, print_table, quiet_lightning, write_results
 from confocalize.config import DataConfig, NormalizationConfig, TrainConfig, TrainerConfig
+from confocalize.engine import CACHE_ENV, Runner, make_runner, onnx_graph
 from confocalize.io import write_image
 from confocalize.package import ModelPackage, save_package
-from confocalize.predict import predict_array
+from confocalize.predict import predict_array, round_up
 from confocalize.train import Pix2Pix
 
 RSS_LIMIT = 2 * 1024**3  # bytes, for the 8192² enhance
@@ -57,11 +63,15 @@ RSS_LIMIT = 2 * 1024**3  # bytes, for the 8192² enhance
 INFERENCE = [
     (REFERENCE, "plain", (256, 1024, 4096)),
     (REFERENCE, "channels_last", (256, 1024)),
+    (DEFAULT, "shipped_onnxruntime", (256, 1024, 4096)),
     (DEFAULT, "shipped", (256, 1024, 4096)),
+    (DEFAULT, "channels_last", (256, 1024)),
     (DEFAULT, "plain", (256, 1024)),
     (OLD_DEFAULT, "shipped", (256, 1024, 4096)),
     (OLD_DEFAULT, "plain", (256, 1024)),
 ]
+BACKEND_OF_FORM = {"shipped": "torch", "shipped_onnxruntime": "onnxruntime"}  # the tiled forms and their backends
+ENHANCE_FORM = "shipped_onnxruntime"  # the form `confocalize enhance` runs by default here (backend auto, CPU)
 ROUNDS = {256: 7, 512: 3, 1024: 3, 4096: 1}  # interleaved rounds per input size; one round means no warm-up
 QUICK_SIZES = (256, 512)
 
@@ -98,43 +108,58 @@ def flops_per_pixel(net: nn.Module) -> float:
     return counter.get_total_flops() / size**2
 
 
-class PixelCounter(nn.Module):
-    """Wraps a generator and counts the (padded) input pixels it processes; passes ``predict_array`` what it needs."""
+class PixelCounter:
+    """A runner that counts the (padded) input pixels of the tiles it runs through another runner."""
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.pixels = 0
+    def __init__(self, runner: Runner, multiple: int) -> None:
+        self.runner, self.multiple, self.pixels = runner, multiple, 0
+        self.name = runner.name
 
-    @property
-    def multiple(self) -> int:
-        return self.net.multiple
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+        with self.runner.session() as forward:
 
-    @property
-    def receptive_field(self) -> int:
-        return self.net.receptive_field
+            def counted(tiles: np.ndarray) -> np.ndarray:
+                self.pixels += tiles.shape[0] * round_up(tiles.shape[-2], self.multiple) * round_up(tiles.shape[-1], self.multiple)
+                return forward(tiles)
 
-    @property
-    def head(self) -> nn.Module:
-        return self.net.head
+            yield counted
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = (-(-n // self.multiple) * self.multiple for n in x.shape[-2:])
-        self.pixels += x.shape[0] * h * w
-        return self.net(x)
+
+class WholeImage:
+    """The runner of the untiled forms: ``net`` on whole images in one memory format, fp32, without autograd."""
+
+    name = "torch"
+
+    def __init__(self, net: nn.Module, memory_format: torch.memory_format) -> None:
+        self.net, self.memory_format = net.to(memory_format=memory_format), memory_format
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+        with torch.inference_mode():
+            yield lambda x: self.net(torch.from_numpy(x).contiguous(memory_format=self.memory_format)).numpy()
 
 
 @dataclass
-class Runner:
+class Timed:
     """One generator in one form on one input size, with the times of its calls."""
 
     name: str
     form: str
     size: int
-    net: PixelCounter
-    run: Callable[[], object]
+    net: nn.Module
+    counter: PixelCounter
+    x: np.ndarray  # the (1, size, size) input
     times: list[float] = field(default_factory=list)
     calls: int = 0
+
+    def run(self) -> None:
+        """The tiled forms through predict_array, the others as one forward pass."""
+        if self.form in BACKEND_OF_FORM:
+            predict_array(self.net, self.x, runner=self.counter)
+            return
+        with self.counter.session() as forward:
+            forward(self.x[None])
 
     def call(self) -> float:
         """Run once; return (and keep) the seconds it took."""
@@ -144,9 +169,9 @@ class Runner:
 
     def summary(self, peak: float) -> dict[str, Any]:
         """Mpixel/s and GFLOP/s of the best call (the least disturbed by other work on the machine)."""
-        per_pixel = flops_per_pixel(self.net.net)
+        per_pixel = flops_per_pixel(self.net)
         best = min(self.times)
-        executed = per_pixel * self.net.pixels / self.calls
+        executed = per_pixel * self.counter.pixels / self.calls
         return {
             "generator": self.name, "form": self.form, "size": self.size, "seconds": best,
             "seconds_median": statistics.median(self.times), "reps": len(self.times),
@@ -155,30 +180,25 @@ class Runner:
         }  # fmt: skip
 
 
-def runner(name: str, form: str, size: int) -> Runner:
-    """A :class:`Runner` for a freshly built generator; ``form`` is "plain", "channels_last" or "shipped"."""
-    net = PixelCounter(build(name))
-    if form == "shipped":
-        x = np.random.default_rng(0).random((1, size, size), dtype=np.float32)
-        return Runner(name, form, size, net, lambda: predict_array(net, x))
-    fmt = torch.channels_last if form == "channels_last" else torch.contiguous_format
-    net.to(memory_format=fmt)
-    tensor = torch.rand(1, 1, size, size).contiguous(memory_format=fmt)
-
-    def run() -> object:
-        with torch.inference_mode():
-            return net(tensor)
-
-    return Runner(name, form, size, net, run)
+def timed(name: str, form: str, size: int) -> Timed:
+    """A :class:`Timed` run of a freshly built generator; ``form`` is one of :data:`INFERENCE`'s."""
+    net = build(name)
+    if form in BACKEND_OF_FORM:
+        package = ModelPackage(generator=net, generator_config=GENERATORS[name], normalization=NormalizationConfig())
+        runner: Runner = make_runner(package, BACKEND_OF_FORM[form])  # builds the ONNX graph (untimed)
+    else:
+        runner = WholeImage(net, torch.channels_last if form == "channels_last" else torch.contiguous_format)
+    x = np.random.default_rng(0).random((1, size, size), dtype=np.float32)
+    return Timed(name, form, size, net, PixelCounter(runner, net.multiple), x)
 
 
-def inference(size: int, configs: list[tuple[str, str]], rounds: int, matmul: Matmul) -> list[Runner]:
+def inference(size: int, configs: list[tuple[str, str]], rounds: int, matmul: Matmul) -> list[Timed]:
     """Time every (generator, form) on a ``size``² input, interleaved: a warm-up each, then ``rounds`` rounds.
 
     Interleaving makes load from other work fall on all of them alike; the matrix product is
     sampled after every round. One round: no warm-up.
     """
-    runners = [runner(name, form, size) for name, form in configs]
+    runners = [timed(name, form, size) for name, form in configs]
     for _ in range(rounds + (rounds > 1)):
         for r in runners:
             r.call()
@@ -296,15 +316,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_steps": 2 if quick else 4,
         "train_repeats": 1 if quick else 2,
         "scaling_sizes": (512, 1024) if quick else (1024, 2048, 4096, 8192),
+        "enhance_form": ENHANCE_FORM,
         "load_average_at_start": os.getloadavg(),
     }
     start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="confocalize-speed-") as tmp:
+        os.environ[CACHE_ENV] = str(Path(tmp) / "cache")  # this run's ONNX graphs, found by its enhance processes too
+        results = measure(settings, Path(tmp))
+    results["seconds"] = time.perf_counter() - start
+    print(f"written {write_results('speed', results)}")
+    return results
+
+
+def measure(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Every measurement of :func:`main`, with ``work`` as scratch space; prints the tables."""
+    graph = graph_build()
     matmul = Matmul()
     matmul.sample(20)
     runners = [
         r
         for size, rounds in settings["rounds"].items()
-        for r in inference(size, [(name, form) for name, form, sizes in INFERENCE if quick or size in sizes], rounds, matmul)
+        for r in inference(size, [(n, form) for n, form, sizes in INFERENCE if settings["quick"] or size in sizes], rounds, matmul)
     ]
     train_runs = training_best((DEFAULT, OLD_DEFAULT, REFERENCE), settings)
     matmul.sample(20)
@@ -316,20 +348,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Training at {settings['train_size']}² (batch {settings['train_batch']}, with PatchGAN)",
         ["generator", "images/s"], [[LABELS[r["generator"]], f"{r['images_per_s']:.2f}"] for r in train_runs],
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="confocalize-speed-") as tmp:
-        scaling = enhance_scaling(settings["scaling_sizes"], Path(tmp))
+    scaling = enhance_scaling(settings["scaling_sizes"], work)
     print_scaling(scaling)
-    results = {
+    return {
         "settings": settings,
         "matmul": peak,
         "inference": runs,
         "ratios": ratios(runs),
         "training": train_runs,
         "enhance": scaling,
-        "seconds": time.perf_counter() - start,
+        "onnx_graph": graph,
     }
-    print(f"written {write_results('speed', results)}")
-    return results
+
+
+def graph_build() -> dict[str, Any]:
+    """Seconds to build the default generator's ONNX graph on first use (empty cache), and its size."""
+    package = ModelPackage(generator=build(DEFAULT), generator_config=GENERATORS[DEFAULT], normalization=NormalizationConfig())
+    start = time.perf_counter()
+    graph = onnx_graph(package)
+    result = {"generator": DEFAULT, "seconds": time.perf_counter() - start, "bytes": len(graph)}
+    print(f"ONNX graph of the default generator: built in {result['seconds']:.1f} s ({result['bytes'] / 1e6:.1f} MB), then cached")
+    return result
 
 
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -75,10 +75,16 @@ def test_a_sample_smaller_than_the_test_tensor_is_a_one_line_error(tmp_path: Pat
         export_bioimageio(make_package(), tmp_path / "b.zip", sample=Image(np.zeros((60, 60), np.float32), "YX"))
 
 
-def test_missing_export_extra_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_exporters_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from confocalize.export import export_bioimageio
+
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
-    with pytest.raises(ConfocalizeError, match=r"pip install 'confocalize\[export\]'"):
+    with pytest.raises(ConfocalizeError, match=r"^onnxscript is not installed; pip install onnxscript"):
         export_onnx(make_package(), tmp_path / "m.onnx")
+    monkeypatch.setitem(sys.modules, "bioimageio.core", None)
+    with pytest.raises(ConfocalizeError, match=r"pip install 'confocalize\[export\]'"):
+        export_bioimageio(make_package(), tmp_path / "b.zip")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bioimageio_export_describes_the_planes_of_a_2p5d_model(tmp_path: Path, offline) -> None:

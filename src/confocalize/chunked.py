@@ -17,9 +17,10 @@ Normalisation is enhance_image's: each channel over its whole stack, with the pe
 :func:`~confocalize.normalize.percentile_sample` (exact up to about a million values, a regular
 subsample beyond), computed in a first pass over the data.
 
-Workers get the generator as :class:`GeneratorWeights` (settings and safetensors bytes, sent once per
-worker), never as a pickled module; each worker process builds it once and runs one chunk at a time
-through it. :func:`enhance_to_zarr` writes files as OME-Zarr: on a ``dask.distributed`` client all
+Workers get the generator as :class:`GeneratorWeights` (settings, safetensors bytes and, for the ONNX
+Runtime backend, the ONNX graph built once here; sent once per worker), never as a pickled module;
+each worker process builds its generator and runner (:mod:`confocalize.engine`) once and runs one
+chunk at a time through them. :func:`enhance_to_zarr` writes files as OME-Zarr: on a ``dask.distributed`` client all
 files at once, or without one in this process one row of chunks after another (dask alone, given a
 whole image, runs ahead and holds a growing share of it). Memory then holds the dask graph (~20 kB
 per chunk: raise ``chunk`` for images of many gigapixels), about three rows of chunks and one
@@ -46,6 +47,7 @@ import zarr
 from safetensors.torch import load as load_safetensors
 
 from confocalize.config import GeneratorConfig, NormalizationConfig
+from confocalize.engine import Backend, OnnxRunner, Runner, TorchRunner, graph_for
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, list_images
 from confocalize.lazyio import create_ome_zarr, is_zarr, open_lazy
@@ -75,31 +77,38 @@ ZARR_OUTPUT = ".ome.zarr"
 
 @dataclass(frozen=True)
 class GeneratorWeights:
-    """What a worker needs to rebuild a package's generator: settings (JSON), channels and safetensors weights."""
+    """What a worker needs to rebuild a package's generator and runner: settings (JSON), channels, safetensors
+    weights, and the ONNX graph to run (None: the generator in PyTorch)."""
 
     config: str
     in_channels: int
     out_channels: int
     weights: bytes
+    graph: bytes | None = None
 
     @classmethod
-    def of(cls, package: ModelPackage) -> GeneratorWeights:
-        return cls(package.generator_config.model_dump_json(), package.in_channels, package.out_channels, weights_bytes(package))
+    def of(cls, package: ModelPackage, backend: Backend = "auto") -> GeneratorWeights:
+        """``package``'s weights, with the graph :func:`confocalize.engine.graph_for` gives for ``backend``."""
+        config = package.generator_config.model_dump_json()
+        return cls(config, package.in_channels, package.out_channels, weights_bytes(package), graph_for(package, backend))
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_generator(weights: GeneratorWeights) -> tuple[UNet, threading.Lock]:
-    """The generator of ``weights``, built once per process, and the lock that lets one chunk at a time through it."""
+def _worker_runner(weights: GeneratorWeights) -> tuple[UNet, Runner, threading.Lock]:
+    """The generator and runner of ``weights``, built once per process, and the lock that lets one chunk at a
+    time through them."""
     generator = build_generator(GeneratorConfig.model_validate_json(weights.config), weights.in_channels, weights.out_channels)
     generator.load_state_dict(load_safetensors(weights.weights))
-    return generator.eval(), threading.Lock()
+    generator.eval()
+    runner = TorchRunner(generator) if weights.graph is None else OnnxRunner(weights.graph, generator.multiple)
+    return generator, runner, threading.Lock()
 
 
 def _enhance_chunk(x: np.ndarray, weights: GeneratorWeights, tile: int, batch_size: int, where: str) -> np.ndarray:
     """One dask task: :func:`predict_array` on a chunk of network input with its halo; NaN/Inf are refused."""
-    generator, lock = _worker_generator(weights)
+    generator, runner, lock = _worker_runner(weights)
     with lock:
-        out = predict_array(generator, x, tile, batch_size)
+        out = predict_array(generator, x, tile, batch_size, runner=runner)
     if not np.all(np.isfinite(out)):
         raise ConfocalizeError(f"{where}: the model's output holds NaN/Inf; check the image for NaN/Inf pixels and the model")
     return out
@@ -129,13 +138,15 @@ def enhance_lazy(
     chunk: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     normalizations: Sequence[Normalization] | None = None,
+    backend: Backend = "auto",
 ) -> Image:
     """:func:`~confocalize.predict.enhance_image` as a lazy dask graph; ``image.data`` may be numpy or dask.
 
     Returns an :class:`Image` whose data is a dask array (float32, model output units) that nothing
     has computed yet. ``chunk`` as :func:`chunk_size` says. ``normalizations`` (one per channel, from
     :func:`channel_normalizations`) skip the pass that estimates them. The pixel size is checked (a
-    warning), never resampled.
+    warning), never resampled. ``backend`` as in :func:`~confocalize.predict.enhance_image`, decided here
+    (an ONNX graph is built here, once, and sent to the workers).
     """
     where = str(image.path) if image.path is not None else "image"
     if image.data.shape[-1] < 2 or image.data.shape[-2] < 2:
@@ -150,7 +161,7 @@ def enhance_lazy(
     size = chunk_size(package.generator, tile, chunk)
     plan = _PlanePlan(
         where=where,
-        weights=dask.delayed(GeneratorWeights.of(package), pure=True),  # one graph key: sent once to each worker
+        weights=dask.delayed(GeneratorWeights.of(package, backend), pure=True),  # one graph key: sent once to each worker
         out_channels=package.out_channels,
         yx_chunks=tuple(_axis_chunks(n, size, halo) for n in czyx.shape[-2:]),
         halo=halo,
@@ -220,6 +231,7 @@ def enhance_to_zarr(
     chunk: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
+    backend: Backend = "auto",
 ) -> list[Path]:
     """Enhance TIFF and (OME-)Zarr images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
 
@@ -227,7 +239,7 @@ def enhance_to_zarr(
     without, in this process one row of chunks at a time (memory: see the module docstring). Outputs
     keep axes, pixel size and z step; ``dtype``, ``pixel_size`` and ``axes`` as in
     :func:`~confocalize.predict.enhance_files`; ``chunk`` as :func:`chunk_size` says (it is also the
-    Zarr chunk of the outputs). Each output appears complete or not at all.
+    Zarr chunk of the outputs); ``backend`` as in :func:`enhance_lazy`. Each output appears complete or not at all.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
@@ -240,7 +252,7 @@ def enhance_to_zarr(
     with _staging(targets) as staged:
         jobs = []
         for image, norm, tmp in zip(images, norms, staged, strict=True):
-            enhanced = enhance_lazy(package, image, tile, size, batch_size, norm)
+            enhanced = enhance_lazy(package, image, tile, size, batch_size, norm, backend)
             data = enhanced.data.map_blocks(to_dtype, dtype, dtype=dtype)
             data = data.rechunk(tuple(c[0] for c in data.chunks))  # regular, like the Zarr chunks
             jobs.append((data, create_ome_zarr(tmp, enhanced.with_data(data))))

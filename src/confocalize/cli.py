@@ -173,6 +173,7 @@ def cmd_enhance(args: argparse.Namespace) -> None:
         summary = enhance_files(
             package, args.inputs, args.output, dtype=args.dtype, pixel_size=args.pixel_size, axes=args.axes,
             tile=args.tile, progress=bar, resample=args.resample, keep_going=args.keep_going, enhancer=enhancer,
+            backend=args.backend,
         )
     for report in enhancer.reports if enhancer else ():
         out.print(report.line(), highlight=False, soft_wrap=True)
@@ -212,7 +213,7 @@ def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
     with cluster as client, progress_bar("enhance") as bar:
         written = enhance_to_zarr(
             package, args.inputs, args.output, client=client, dtype=args.dtype, pixel_size=args.pixel_size,
-            axes=args.axes, tile=args.tile, chunk=args.chunk, progress=bar,
+            axes=args.axes, tile=args.tile, chunk=args.chunk, progress=bar, backend=args.backend,
         )  # fmt: skip
     out.print(f"wrote {len(written)} OME-Zarr image(s) to {args.output}")
 
@@ -393,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, help="µm, for inputs without metadata")
     p.add_argument("--axes", help="override the axes of the inputs (YX, ZYX, CYX, CZYX)")
     p.add_argument("--tile", type=int, default=1024, help="tile edge in pixels, halo included (memory vs speed)")
+    p.add_argument(
+        "--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+        help="inference engine: auto (ONNX Runtime on the CPU when installed, else PyTorch), torch or onnxruntime",
+    )  # fmt: skip
     p.add_argument("--resample", action="store_true", help="enhance on the model's pixel size and resample back")
     p.add_argument(
         "--keep-going", action=argparse.BooleanOptionalAction, default=None,

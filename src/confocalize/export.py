@@ -1,36 +1,31 @@
 """Export a model package for other tools: a bioimage.io model (zip) and an ONNX file.
 
 Both exported networks take any height and width of at least ``2**depth`` pixels. They wrap the
-generator in :class:`_PadToMultiple`, which reflection-pads to the generator's multiple and crops
-back, as ``UNet.forward`` does, but with shape arithmetic that tracing and ``torch.export`` record for
-every size; ``UNet.forward``'s own ``if`` on the padding would be frozen at the example's size (inside
-the wrapper the input is always a multiple, so that branch is never taken).
+generator in :class:`confocalize.engine.PadToMultiple`, which reflection-pads to the generator's
+multiple and crops back with shape arithmetic that tracing and ``torch.export`` record for every size;
+``UNet.forward``'s own ``if`` on the padding would be frozen at the example's size. The ONNX graph is
+:func:`confocalize.engine.onnx_program`'s, the one ``enhance --backend onnxruntime`` runs.
 
-Needs the ``export`` extra: ``pip install "confocalize[export]"``.
+The bioimage.io model needs the ``export`` extra: ``pip install "confocalize[export]"``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import inspect
-import logging
 import os
 import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image as PILImage
-from torch import nn
 
 from confocalize import __version__
+from confocalize.engine import PadToMultiple, need_module, onnx_program, quiet_torch
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, atomic_write, write_image
 from confocalize.nets import UNet
@@ -50,21 +45,8 @@ CITATIONS = (
         "10.1038/s41592-018-0239-0",
     ),
 )
+EXPORT_EXTRA = "pip install 'confocalize[export]'"
 MIN_TEST_SIZE = 128  # edge of the bioimage.io test tensors, unless the network needs more for its halo
-
-
-class _PadToMultiple(nn.Module):
-    """``generator`` on any input of at least ``generator.multiple`` pixels per edge, in a traceable form."""
-
-    def __init__(self, generator: UNet) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        m = self.generator.multiple
-        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
-        return self.generator(x)[..., :h, :w]
 
 
 def export_onnx(package: ModelPackage, path: str | os.PathLike) -> Path:
@@ -73,17 +55,7 @@ def export_onnx(package: ModelPackage, path: str | os.PathLike) -> Path:
     Batch, height and width are dynamic (H, W >= ``2**depth``). The model's metadata records the
     normalisation percentiles, the LQ pixel size, the package hash and the confocalize version.
     """
-    from torch.export import Dim
-
-    _need_extra("onnxscript")
-    m = package.generator.multiple
-    module = _PadToMultiple(package.generator).eval()
-    example = torch.zeros(1, package.in_channels, 2 * m, 3 * m)
-    dims = {"x": {0: Dim("batch", min=1), 2: Dim("height", min=m), 3: Dim("width", min=m)}}
-    with _quiet_torch(), torch.no_grad():
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=["input"], output_names=["output"], dynamic_shapes=dims, verbose=False
-        )
+    program = onnx_program(package.generator, package.in_channels)
     program.model.metadata_props.update({k: str(v) for k, v in _metadata(package).items()})
     path = Path(path)
     with atomic_write(path) as tmp:
@@ -104,7 +76,7 @@ def export_bioimageio(
     cover (default: synthetic blobs). Preprocessing is percentile normalisation (``scale_range``) with the
     package's percentiles; the output is in the model's normalised HQ units (about 0..1).
     """
-    _need_extra("bioimageio.core")
+    need_module("bioimageio.core", EXPORT_EXTRA)
     from bioimageio.spec import save_bioimageio_package
 
     with tempfile.TemporaryDirectory(prefix="confocalize-bioimageio-") as tmp:
@@ -115,28 +87,6 @@ def export_bioimageio(
         with atomic_write(path) as out:
             shutil.copyfile(folder / "model.zip", out)
     return path
-
-
-@contextlib.contextmanager
-def _quiet_torch() -> Iterator[None]:
-    """Hide torch's warnings and exporter log lines (deprecations, "torchvision is not installed") for the block."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
-
-
-def _need_extra(module: str) -> None:
-    """Import ``module``, or raise a one-line error that says how to install the export extra."""
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise ConfocalizeError(f"exporting needs {module}, which is not installed; pip install 'confocalize[export]'") from None
 
 
 def _metadata(package: ModelPackage) -> dict[str, Any]:
@@ -328,8 +278,8 @@ def _weights_descr(package: ModelPackage, folder: Path) -> Any:
 
 def _trace(generator: UNet, test_input: np.ndarray) -> torch.jit.ScriptModule:
     """TorchScript of the padded generator (traced; valid for every size, see the module docstring)."""
-    with _quiet_torch(), torch.no_grad():  # also hides tracer notes on UNet's padding branch, never taken here
-        return torch.jit.trace(_PadToMultiple(generator).eval(), torch.from_numpy(test_input))
+    with quiet_torch(), torch.no_grad():  # also hides tracer notes on UNet's padding branch, never taken here
+        return torch.jit.trace(PadToMultiple(generator).eval(), torch.from_numpy(test_input))
 
 
 def _write_cover(path: Path, lq: np.ndarray, enhanced: np.ndarray) -> None:

@@ -9,11 +9,14 @@ for depths 2 to 5). Neighbouring cores overlap by at least :data:`BLEND` pixels 
 cross-faded with sin² ramps (weights normalised to sum to 1), so a halo chosen too small gives a
 soft transition rather than a hard seam. With the default halo and a generator without per-tile
 statistics (eval-mode BatchNorm), the tiled result equals the whole-image result up to float rounding.
+
+Each batch of tiles goes through a :class:`confocalize.engine.Runner`: PyTorch by default for
+:func:`predict_array`, the package's ``backend`` (``auto``: ONNX Runtime on the CPU) for
+:func:`enhance_image` and :func:`enhance_files`. The backend changes nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import warnings
@@ -27,6 +30,7 @@ import torch
 from skimage.transform import resize
 
 from confocalize.batch import BatchSummary, Ledger
+from confocalize.engine import Backend, Runner, TorchRunner, make_runner, resolve_backend
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, check_pixels, image_stem, list_images, read_image, write_image
 from confocalize.nets import UNet
@@ -52,8 +56,8 @@ class Enhancer(Protocol):
 
     settings: Mapping[str, Any]  # what changes its outputs, recorded in the batch sidecars
 
-    def __call__(self, image: Image) -> tuple[Image, Mapping[str, Image]]:
-        """The result, and extra images by key, written beside it as ``NAME.KEY.ome.tif``."""
+    def __call__(self, image: Image, runner: Runner) -> tuple[Image, Mapping[str, Image]]:
+        """The result (the model run by ``runner``), and extra images by key, written beside it as ``NAME.KEY.ome.tif``."""
         ...
 
 
@@ -89,13 +93,16 @@ def predict_array(
     tile: int = DEFAULT_TILE,
     batch_size: int = DEFAULT_BATCH,
     halo: int | None = None,
+    runner: Runner | None = None,
 ) -> np.ndarray:
     """Apply ``generator`` to a normalised ``(C, Y, X)`` array tile by tile; returns ``(C_out, Y, X)`` float32.
 
     ``tile`` is the edge of the network input (rounded up to a multiple of ``generator.multiple`` and to
     at least ``2 * halo + BLEND + multiple``); an image no larger than a tile goes through whole.
-    ``halo`` defaults to :func:`default_halo`. Runs on the generator's device, in eval mode (its
-    training flag is restored afterwards) and channels_last (kept), one batch of tiles at a time.
+    ``halo`` defaults to :func:`default_halo`. One batch of tiles at a time goes through ``runner``
+    (a :func:`confocalize.engine.make_runner` of the same generator), by default
+    :class:`~confocalize.engine.TorchRunner`: the generator's device, eval mode (its training flag is
+    restored afterwards) and channels_last (kept).
     """
     if x.ndim != 3:
         raise ValueError(f"expected a (C, Y, X) array, got shape {x.shape}")
@@ -114,10 +121,10 @@ def predict_array(
             stacklevel=2,
         )
     out = np.zeros((generator.head.out_channels, *x.shape[1:]), dtype=np.float32)
-    with _inference(generator) as device:
+    with (runner or TorchRunner(generator)).session() as forward:
         for batch in _batches(tiles, batch_size):
             inputs = np.stack([x[:, sy.start : sy.stop, sx.start : sx.stop] for sy, sx in batch])
-            for (sy, sx), pred in zip(batch, _forward(generator, inputs, device)):
+            for (sy, sx), pred in zip(batch, forward(inputs)):
                 out[:, sy.start : sy.stop, sx.start : sx.stop] += pred * np.outer(sy.weight, sx.weight)
     return out
 
@@ -165,26 +172,13 @@ def _tile_shape(tile: tuple[_Span, _Span]) -> tuple[int, int]:
     return tile[0].size, tile[1].size
 
 
-@contextlib.contextmanager
-def _inference(generator: UNet) -> Iterator[torch.device]:
-    """Eval mode, channels_last and no autograd for the block; the training flag is restored after."""
-    was_training = generator.training
-    generator.eval().to(memory_format=torch.channels_last)
-    try:
-        with torch.inference_mode():
-            yield next(generator.parameters()).device
-    finally:
-        generator.train(was_training)
-
-
-def _forward(generator: UNet, inputs: np.ndarray, device: torch.device) -> np.ndarray:
-    batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
-    preds = generator(batch.contiguous(memory_format=torch.channels_last))
-    return preds.float().cpu().numpy()
-
-
 def enhance_image(
-    package: ModelPackage, image: Image, tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH, resample: bool = False
+    package: ModelPackage,
+    image: Image,
+    tile: int = DEFAULT_TILE,
+    batch_size: int = DEFAULT_BATCH,
+    resample: bool = False,
+    backend: Backend | Runner = "auto",
 ) -> Image:
     """Enhance one image of any axes; returns float32 in the model's output units (normalised HQ, ~0..1).
 
@@ -195,6 +189,7 @@ def enhance_image(
     package's ``context_slices`` neighbouring planes (2.5D). Axes, pixel size, z step and path are kept
     (a C axis is added only if the model makes several output channels). See :func:`check_fit` for
     ``resample``: the image is then enhanced on the model's pixel grid and brought back to its own.
+    ``backend`` as :func:`confocalize.engine.make_runner` takes it (pass a runner to reuse it across images).
     """
     where = str(image.path) if image.path is not None else "image"
     check_pixels(where, image.data)
@@ -208,7 +203,8 @@ def enhance_image(
     for c, out in zip(czyx, normalised, strict=True):
         sampled_normalization(c, norm.low, norm.high, norm.input_window).apply(c, out=out)
     k = package.context_slices
-    stacks = [_predict_stack(package.generator, normalised, g, k, tile, batch_size) for g in groups]
+    runner = make_runner(package, backend)
+    stacks = [_predict_stack(package.generator, runner, normalised, g, k, tile, batch_size) for g in groups]
     del normalised
     result = stacks[0] if len(stacks) == 1 else np.concatenate(stacks)
     if not np.all(np.isfinite(result)):  # never hand on garbage: NaN weights, or an overflow inside the network
@@ -249,11 +245,11 @@ def _resize_yx(czyx: np.ndarray, shape: Sequence[float]) -> np.ndarray:
 
 
 def _predict_stack(
-    generator: UNet, czyx: np.ndarray, channels: list[int], context: int, tile: int, batch_size: int
+    generator: UNet, runner: Runner, czyx: np.ndarray, channels: list[int], context: int, tile: int, batch_size: int
 ) -> np.ndarray:
     """``channels`` of a ``(C, Z, Y, X)`` array -> ``(C_out, Z, Y, X)``, plane by plane."""
     inputs = (network_input(czyx, channels, z, context) for z in range(czyx.shape[1]))
-    planes = [predict_array(generator, x, tile, batch_size) for x in inputs]
+    planes = [predict_array(generator, x, tile, batch_size, runner=runner) for x in inputs]
     return planes[0][:, None] if len(planes) == 1 else np.stack(planes, axis=1)
 
 
@@ -279,6 +275,7 @@ def enhance_files(
     resample: bool = False,
     keep_going: bool | None = None,
     enhancer: Enhancer | None = None,
+    backend: Backend = "auto",
 ) -> BatchSummary:
     """Enhance image files and folders into ``out_dir/NAME.ome.tif`` (atomically); returns what was done.
 
@@ -292,6 +289,8 @@ def enhance_files(
     The summary, as a sequence, is the list of complete outputs. ``enhancer`` replaces
     :func:`enhance_image` (``tile``, ``batch_size`` and ``resample`` are then its own); its extra
     images go beside each output as ``NAME.KEY.ome.tif`` (float32), before the output itself.
+    ``backend``: see :func:`confocalize.engine.make_runner`; chosen once for the batch and handed to the
+    enhancer too. It is not part of the sidecars' settings: backends agree to float rounding, as tile sizes do.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
@@ -300,11 +299,14 @@ def enhance_files(
     keep_going = any(Path(item).is_dir() for item in inputs) if keep_going is None else keep_going
     settings = {"dtype": dtype, "axes": axes, "pixel_size": pixel_size, "resample": resample}
     ledger = Ledger(content_sha256(package), settings | dict(enhancer.settings) if enhancer else settings)
+    backend = resolve_backend(package, backend)  # an unknown name fails here, before any file
+    runner: Runner | None = None  # made for the first file to enhance: a rerun that skips every file builds nothing
     for done, (src, dst) in enumerate(zip(files, targets), start=1):
         if not ledger.complete(src, dst):
+            runner = runner or make_runner(package, backend)
             try:
                 image = read_image(src, axes=axes, pixel_size=pixel_size)
-                result, extras = enhancer(image) if enhancer else (enhance_image(package, image, tile, batch_size, resample), {})
+                result, extras = enhancer(image, runner) if enhancer else (enhance_image(package, image, tile, batch_size, resample, runner), {})
             except PER_FILE_ERRORS as exc:
                 if not keep_going:
                     raise

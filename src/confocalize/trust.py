@@ -21,6 +21,7 @@ from confocalize.batch import file_sha256
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image
 from confocalize.package import ModelPackage
+from confocalize.engine import Runner
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
 from confocalize.uncertainty import enhance_with_uncertainty, outside_calibration
 
@@ -75,18 +76,19 @@ class TrustedEnhancer:
         return {UNCERTAINTY: self.uncertainty, CONSISTENCY: self.consistency,
                 "lq_psf_sha256": file_sha256(self.lq_psf) if self._psf is not None and self.lq_psf else None}  # fmt: skip
 
-    def __call__(self, image: Image) -> tuple[Image, dict[str, Image]]:
-        """Enhance ``image``; the result and ``{"uncertainty": ..., "consistency": ...}`` as asked."""
+    def __call__(self, image: Image, runner: Runner | None = None) -> tuple[Image, dict[str, Image]]:
+        """Enhance ``image`` (with ``runner``, else the default backend); the result and
+        ``{"uncertainty": ..., "consistency": ...}`` as asked."""
         psf = self._image_psf(image) if self.consistency else None
         extras: dict[str, Image] = {}
         report: dict[str, Any] = {}
         if self.uncertainty:
-            enhanced = enhance_with_uncertainty(self.package, image, self.tile, self.batch_size, self.resample)
+            enhanced = enhance_with_uncertainty(self.package, image, self.tile, self.batch_size, self.resample, runner or "auto")
             result, extras[UNCERTAINTY] = enhanced.image, enhanced.uncertainty
             report |= {"median_uncertainty": enhanced.median, "calibrated": enhanced.calibrated,
                        "outside_calibration": outside_calibration(self.package, enhanced.median)}  # fmt: skip
         else:
-            result = enhance_image(self.package, image, self.tile, self.batch_size, self.resample)
+            result = enhance_image(self.package, image, self.tile, self.batch_size, self.resample, runner or "auto")
         if psf is not None:
             check = consistency.check(result.data, result.axes, image.data, image.axes, psf, str(image.path or "image"))
             extras[CONSISTENCY] = result.with_data(check.residual)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from confocalize import calibration
+from confocalize.engine import Backend, Runner, make_runner
 from confocalize.io import Image, read_image
 from confocalize.package import ModelPackage, UncertaintyCalibration
 from confocalize.pairs import PairPaths
@@ -46,14 +47,17 @@ class Enhanced:
 
 
 def enhance_with_uncertainty(
-    package: ModelPackage, image: Image, tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH, resample: bool = False
+    package: ModelPackage, image: Image, tile: int = DEFAULT_TILE, batch_size: int = DEFAULT_BATCH, resample: bool = False,
+    backend: Backend | Runner = "auto",
 ) -> Enhanced:
-    """Enhance ``image`` in its 8 dihedral orientations: their mean and (calibrated) standard deviation."""
-    first = enhance_image(package, image, tile, batch_size, resample)  # the identity comes first in DIHEDRAL
+    """Enhance ``image`` in its 8 dihedral orientations: their mean and (calibrated) standard deviation
+    (``backend`` as :func:`confocalize.engine.make_runner` takes it)."""
+    runner = make_runner(package, backend)
+    first = enhance_image(package, image, tile, batch_size, resample, runner)  # the identity comes first in DIHEDRAL
     mean = np.array(first.data, dtype=np.float32)
     sum_sq = np.zeros_like(mean)
     for n, (turns, mirror) in enumerate(DIHEDRAL[1:], start=2):
-        result = enhance_image(package, image.with_data(_transform(image.data, turns, mirror)), tile, batch_size, resample)
+        result = enhance_image(package, image.with_data(_transform(image.data, turns, mirror)), tile, batch_size, resample, runner)
         pred = np.array(_untransform(result.data, turns, mirror), dtype=np.float32)
         pred -= mean  # Welford: pred is now the deviation from the old mean
         mean += pred / n
