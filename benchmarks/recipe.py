@@ -3,20 +3,25 @@
 Every variant trains the same generator for the same number of generator steps on a smaller copy
 of W2S (track A of ``quality.py``: every 4th training field of 001-080, every 4th test field of
 081-120, all channels; split by field), validating on held-out training-set fields every
-``--val-every`` steps (the learning curve), then enhances the test fields. Each variant adds or
-changes one choice against the one before it, so each row's change is that choice's effect:
+``--val-every`` steps (the learning curve), then enhances the test fields. Each variant changes one
+choice against its *base* (the variant before it unless named), so each row's change is that
+choice's effect:
 
     pix2pix       the old defaults: GAN from step 0, Adam 2e-4 / beta1 0.5, constant rate
     l1_const      no discriminator, Adam 1e-3 / beta1 0.9, constant rate
     l1_cosine     + warm-up and cosine decay over the budget
     l1_ema        + exponential moving average of the generator weights
-    l1_signal     + patches only where the HQ target has signal
-    recipe_gan    + the adversarial phase after half the budget, ramped in over a tenth of it
+    l1_signal     + patches only where the HQ target has signal (rejected: the rows below start from l1_ema)
+    l1_residual   l1_ema + a residual U-Net (output = input + correction)
+    l1_window     + LQ percentiles over 3x3 local means (noise no longer sets a noisy input's range)
+    l1_lr         + peak learning rate 2e-3 instead of 1e-3
+    recipe_gan    + the adversarial phase after half the budget, ramped in over a tenth of it (the defaults)
 
 Gaussian and BM3D (sigma tuned on training images) are scored on the same test images.
 
     python benchmarks/recipe.py --steps 1000        # ~50 min on 2 cores
     python benchmarks/recipe.py --steps 40 --quick  # smoke run
+    python benchmarks/recipe.py --variants l1_residual l1_window l1_lr recipe_gan --keep-others   # new rows only
 
 Writes ``benchmarks/results/recipe.json`` and ``benchmarks/results/recipe_curves.png``
 (``--plot-only`` redraws the figure from the JSON).
@@ -29,14 +34,15 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import DEFAULT, GENERATORS, OLD_LOSS, OLD_OPTIM, RESULTS, learning_curve, print_table, quiet_lightning, write_results
+from common import DEFAULT, GENERATORS, OLD_LOSS, OLD_OPTIM, RESULTS, commit, learning_curve, print_table, quiet_lightning, write_results
 from confocalize import baselines
-from confocalize.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
+from confocalize.config import DataConfig, GeneratorConfig, LossConfig, NormalizationConfig, OptimConfig, TrainConfig, TrainerConfig
 from confocalize.io import read_image
 from confocalize.metrics import compare
 from confocalize.package import load_package
@@ -48,15 +54,52 @@ L1_CONST = OptimConfig(lr=1e-3, beta1=0.9, schedule="constant", ema_decay=0.0)
 L1_COSINE = L1_CONST.model_copy(update={"schedule": "cosine"})
 L1_EMA = L1_COSINE.model_copy(update={"ema_decay": 0.999})
 NO_GAN = LossConfig(adv_weight=0.0)
-VARIANTS: dict[str, tuple[LossConfig, OptimConfig, float]] = {  # loss, optimiser, data.patch_signal
-    "pix2pix": (OLD_LOSS, OLD_OPTIM, 0.0),
-    "l1_const": (NO_GAN, L1_CONST, 0.0),
-    "l1_cosine": (NO_GAN, L1_COSINE, 0.0),
-    "l1_ema": (NO_GAN, L1_EMA, 0.0),
-    "l1_signal": (NO_GAN, L1_EMA, 0.4),
-    "recipe_gan": (LossConfig(fidelity_fraction=0.5, adv_ramp_fraction=0.1), L1_EMA, 0.4),
+PLAIN = GeneratorConfig(residual=False)  # the default generator before the residual connection
+PIXELS = NormalizationConfig(input_window=1)  # percentiles over single pixels, as before the input window
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: its settings and the row whose settings it changes."""
+
+    loss: LossConfig
+    optim: OptimConfig
+    generator: GeneratorConfig = field(default_factory=lambda: PLAIN)
+    normalization: NormalizationConfig = field(default_factory=lambda: PIXELS)
+    patch_signal: float = 0.0
+    base: str | None = None  # None: the variant before it
+
+
+VARIANTS: dict[str, Variant] = {
+    "pix2pix": Variant(OLD_LOSS, OLD_OPTIM),
+    "l1_const": Variant(NO_GAN, L1_CONST),
+    "l1_cosine": Variant(NO_GAN, L1_COSINE),
+    "l1_ema": Variant(NO_GAN, L1_EMA),
+    "l1_signal": Variant(NO_GAN, L1_EMA, patch_signal=0.4),
+    "l1_residual": Variant(NO_GAN, L1_EMA, GeneratorConfig(), base="l1_ema"),
+    "l1_window": Variant(NO_GAN, L1_EMA, GeneratorConfig(), NormalizationConfig()),
+    "l1_lr": Variant(NO_GAN, OptimConfig(), GeneratorConfig(), NormalizationConfig()),
+    "recipe_gan": Variant(LossConfig(), OptimConfig(), GeneratorConfig(), NormalizationConfig()),
 }
 PATCH, BATCH = 128, 8
+
+
+def base_of(name: str) -> str | None:
+    """The variant whose settings ``name`` changes: its named base, else the one listed before it."""
+    names = list(VARIANTS)
+    i = names.index(name)
+    return VARIANTS[name].base or (names[i - 1] if i else None)
+
+
+def kept_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """The variants of the stored results that this run does not redo, if they ran at the same steps and seed."""
+    path = RESULTS / "recipe.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if (old["settings"]["steps"], old["settings"]["seed"]) != (args.steps, args.seed):
+        raise SystemExit(f"{path}: ran {old['settings']['steps']} steps with seed {old['settings']['seed']}; rerun every variant")
+    return {name: {"commit": old["commit"], **v} for name, v in old["variants"].items() if name not in args.variants}
 
 
 def medians(outputs: dict[str, np.ndarray], hq: dict[str, np.ndarray]) -> dict[str, float]:
@@ -95,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="three fields and one test field")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from benchmarks/results/recipe.json")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="keep the variants not run now from benchmarks/results/recipe.json (same steps and seed; each "
+                             "variant records the commit and date it ran at)")
     args = parser.parse_args(argv)
     if args.plot_only:
         doc = json.loads((RESULTS / "recipe.json").read_text())
@@ -109,21 +155,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="confocalize-recipe-") as tmp:
         csv_path = _pairs_csv(track.train, Path(tmp) / "train_pairs.csv")
         for name in args.variants:
-            loss, optim, signal = VARIANTS[name]
+            v = VARIANTS[name]
             cfg = TrainConfig(
                 output_dir=Path(tmp) / name,
                 data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=0.1, test_fraction=0.0,
-                                patch_signal=signal),  # fmt: skip
-                generator=GENERATORS[DEFAULT], loss=loss, optim=optim,
+                                patch_signal=v.patch_signal, normalization=v.normalization),  # fmt: skip
+                generator=v.generator,
+                loss=v.loss, optim=v.optim,
                 trainer=TrainerConfig(max_steps=args.steps, val_every_steps=args.val_every, seed=args.seed, progress_bar=False),
             )  # fmt: skip
             result = fit(cfg, progress=False)
             package = load_package(result.model_dir)
             outputs = {p.name: enhance_image(package, read_image(p.lq)).data for p in track.test}
             results[name] = {
-                "loss": loss.model_dump(), "optim": optim.model_dump(), "patch_signal": signal, "steps": result.steps,
-                "fit_seconds": result.seconds, "test": medians(outputs, hq), "curve": learning_curve(cfg.output_dir),
-                "val_fields": result.split["val"]["fields"], "load_average": os.getloadavg(),
+                "commit": commit(), "date": time.strftime("%Y-%m-%d"), "base": base_of(name), "loss": v.loss.model_dump(), "optim": v.optim.model_dump(),
+                "generator": cfg.generator.model_dump(), "normalization": v.normalization.model_dump(),
+                "patch_signal": v.patch_signal, "steps": result.steps, "fit_seconds": result.seconds, "test": medians(outputs, hq),
+                "curve": learning_curve(cfg.output_dir), "val_fields": result.split["val"]["fields"], "load_average": os.getloadavg(),
             }  # fmt: skip
             print(f"{name}: {results[name]['test']} in {result.seconds:.0f} s", flush=True)
     tuning = tuning_pairs(track.train, 2 if args.quick else 4)
@@ -142,6 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_train_images": len(track.train), "n_test_images": len(track.test),
         "variants": results, "classical": classical,
     }  # fmt: skip
+    if args.keep_others:
+        results = kept_variants(args) | results
+        doc["variants"] = {name: results[name] for name in VARIANTS if name in results}  # in the ablation's order
     rows = [[n, f"{r['test']['psnr']:.2f}", f"{r['test']['ssim']:.3f}", r.get("steps", ""), f"{r.get('fit_seconds', 0):.0f}"]
             for n, r in {**classical, **results}.items()]  # fmt: skip
     print_table(f"Recipe ablation ({len(track.test)} test images)", ["variant", "PSNR dB", "SSIM", "steps", "fit s"], rows)

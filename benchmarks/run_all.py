@@ -202,19 +202,20 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
     """The recipe ablation: each choice added one at a time, scored on the same test images as the classical methods."""
     s = recipe["settings"]
     lines = ["## Recipe ablation (`benchmarks/recipe.py`)", "",
-             f"Each row adds one choice to the row before it (pix2pix is the old default recipe). {s['steps']} generator steps "
+             f"Each row changes one choice of the variant it names (pix2pix is the old default recipe). {s['steps']} generator steps "
              f"per variant, patches {s['patch_size']}², batch {s['batch_size']}, generator depth {s['generator']['depth']} base "
              f"{s['generator']['base_channels']}. Data: {s['data']}; {recipe['n_train_images']} training images, "
              f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}. The budget is steps, so the scores do not "
              "depend on the machine's load; the wall times in the JSON do (each variant records its load average) and are not "
              "compared here.", ""]  # fmt: skip
-    rows = [[name, "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", ""] for name, v in recipe["classical"].items()]
-    previous = None
-    for name, v in recipe["variants"].items():
-        change = "" if previous is None else f"{v['test']['psnr'] - previous['psnr']:+.2f} dB / {v['test']['ssim'] - previous['ssim']:+.3f}"
-        rows.append([name, v["steps"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change])
-        previous = v["test"]
-    lines += table(["variant", "steps", "PSNR dB", "SSIM", "change vs the row above"], rows)
+    rows = [[name, "", "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", ""] for name, v in recipe["classical"].items()]
+    names = list(recipe["variants"])
+    for i, (name, v) in enumerate(recipe["variants"].items()):
+        base = v.get("base", names[i - 1] if i else None)  # results before named bases: the row above
+        ref = recipe["variants"].get(base, {}).get("test") if base else None
+        change = "" if ref is None else f"{v['test']['psnr'] - ref['psnr']:+.2f} dB / {v['test']['ssim'] - ref['ssim']:+.3f}"
+        rows.append([name, base or "", v["steps"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change])
+    lines += table(["variant", "changes", "steps", "PSNR dB", "SSIM", "change vs the variant it changes"], rows)
     return lines + ["", f"![Recipe ablation curves]({RESULTS.relative_to(REPO) / 'recipe_curves.png'})", ""]
 
 

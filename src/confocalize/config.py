@@ -110,7 +110,7 @@ class LossConfig(Strict):
 class OptimConfig(Strict):
     """Adam for both networks; the learning rate follows a warm-up and a cosine decay over the budget."""
 
-    lr: float = Field(1e-3, gt=0, description="peak learning rate of the generator")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate of the generator")
     d_lr: float = Field(2e-4, gt=0, description="peak learning rate of the discriminator")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
