@@ -15,13 +15,14 @@ choice's effect:
     l1_residual   l1_ema + a residual U-Net (output = input + correction)
     l1_window     + LQ percentiles over 3x3 local means (noise no longer sets a noisy input's range)
     l1_lr         + peak learning rate 2e-3 instead of 1e-3
+    l1_plain      the residual connection off again (the default: it costs wide-field -> confocal pairs)
     recipe_gan    + the adversarial phase after half the budget, ramped in over a tenth of it (the defaults)
 
 Gaussian and BM3D (sigma tuned on training images) are scored on the same test images.
 
     python benchmarks/recipe.py --steps 1000        # ~50 min on 2 cores
     python benchmarks/recipe.py --steps 40 --quick  # smoke run
-    python benchmarks/recipe.py --variants l1_residual l1_window l1_lr recipe_gan --keep-others   # new rows only
+    python benchmarks/recipe.py --variants l1_residual l1_window l1_lr l1_plain recipe_gan --keep-others   # new rows only
 
 Writes ``benchmarks/results/recipe.json`` and ``benchmarks/results/recipe_curves.png``
 (``--plot-only`` redraws the figure from the JSON).
@@ -54,7 +55,8 @@ L1_CONST = OptimConfig(lr=1e-3, beta1=0.9, schedule="constant", ema_decay=0.0)
 L1_COSINE = L1_CONST.model_copy(update={"schedule": "cosine"})
 L1_EMA = L1_COSINE.model_copy(update={"ema_decay": 0.999})
 NO_GAN = LossConfig(adv_weight=0.0)
-PLAIN = GeneratorConfig(residual=False)  # the default generator before the residual connection
+PLAIN = GeneratorConfig(residual=False)  # the default generator
+RESIDUAL = GeneratorConfig(residual=True)
 PIXELS = NormalizationConfig(input_window=1)  # percentiles over single pixels, as before the input window
 
 
@@ -76,9 +78,10 @@ VARIANTS: dict[str, Variant] = {
     "l1_cosine": Variant(NO_GAN, L1_COSINE),
     "l1_ema": Variant(NO_GAN, L1_EMA),
     "l1_signal": Variant(NO_GAN, L1_EMA, patch_signal=0.4),
-    "l1_residual": Variant(NO_GAN, L1_EMA, GeneratorConfig(), base="l1_ema"),
-    "l1_window": Variant(NO_GAN, L1_EMA, GeneratorConfig(), NormalizationConfig()),
-    "l1_lr": Variant(NO_GAN, OptimConfig(), GeneratorConfig(), NormalizationConfig()),
+    "l1_residual": Variant(NO_GAN, L1_EMA, RESIDUAL, base="l1_ema"),
+    "l1_window": Variant(NO_GAN, L1_EMA, RESIDUAL, NormalizationConfig()),
+    "l1_lr": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig()),
+    "l1_plain": Variant(NO_GAN, OptimConfig(), GeneratorConfig(), NormalizationConfig()),
     "recipe_gan": Variant(LossConfig(), OptimConfig(), GeneratorConfig(), NormalizationConfig()),
 }
 PATCH, BATCH = 128, 8

@@ -6,6 +6,10 @@ data and its licence, the training run (steps, minutes, hardware, the benchmark 
 held-out scores from ``benchmarks/results/quality.json`` beside the best classical method's.
 
     python benchmarks/ship_models.py --work-dir /tmp/qwork
+    python benchmarks/ship_models.py --w2s-run /tmp/tbwork/run   # w2s-denoise from train_budget.py's 30-min run
+
+``--w2s-run`` ships the model of a ``train_budget.py --work-dir DIR`` run (``DIR/run``) as ``w2s-denoise``
+instead, with its scores from ``benchmarks/results/train_budget.json``.
 """
 
 from __future__ import annotations
@@ -83,11 +87,39 @@ def ship(work: Path, quality: dict[str, Any]) -> list[Path]:
     return written
 
 
+def ship_w2s_run(run: Path, budget: dict[str, Any]) -> Path:
+    """Write ``w2s-denoise`` from the run folder of ``train_budget.py`` (``budget``: its results)."""
+    spec, package = BUILTINS["A"], load_package(run / "model")
+    medians = budget["medians"]
+    scores = {f"{who} (median of {group['n_images']} {label})": f"PSNR {group[who]['psnr']:.2f} dB, SSIM {group[who]['ssim']:.3f}"
+              for label, group in (("test images, fields 081-120", medians["all"]), ("test images, BM3D subset", medians["bm3d_subset"]))
+              for who in group if who != "n_images"}  # fmt: skip
+    run_info = package.provenance.training
+    assert run_info is not None, "train records its run"
+    command = f"python benchmarks/train_budget.py (commit {budget['commit']}): confocalize {budget['command']}"
+    data = package.provenance.training_data
+    package.provenance = package.provenance.model_copy(update={
+        "lq_system": spec["lq"], "hq_system": spec["hq"], "data_licence": spec["licence"],
+        "training_data": data.model_copy(update={"source": {"data": f"{spec['data']}, fields 001-080"}}) if data else None,
+        "training": run_info.model_copy(update={"command": command, "scores": scores}),
+    })  # fmt: skip
+    target = BUILTIN_DIR / spec["name"]
+    shutil.rmtree(target, ignore_errors=True)
+    save_package(package, target)
+    print(f"{spec['name']}: {target.relative_to(REPO)}, sha256 {load_package(target).sha256}")
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", type=Path, required=True, help="the --work-dir of a finished quality.py run")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--work-dir", type=Path, help="the --work-dir of a finished quality.py run")
+    source.add_argument("--w2s-run", type=Path, help="the run folder of a finished train_budget.py run")
     args = parser.parse_args(argv)
-    ship(args.work_dir, json.loads((RESULTS / "quality.json").read_text()))
+    if args.w2s_run:
+        ship_w2s_run(args.w2s_run, json.loads((RESULTS / "train_budget.json").read_text()))
+    else:
+        ship(args.work_dir, json.loads((RESULTS / "quality.json").read_text()))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ error per bin) for the full model and for a spread-only scale. Track C also scor
 (:mod:`confocalize.consistency`) of the right model's output, of the two other built-in models'
 outputs, of the noise-free truth and of the input itself.
 
-* A: ``w2s-denoise``; validation fields 017, 077 (all channels), test fields 081-116 (six images).
+* A: ``w2s-denoise``; validation: the first two validation fields of its own split (all channels), test fields 081-116 (six images).
 * B: ``dscm-confocal-sted``; validation Micro_3, test Micro_4, Micro_5, Mito_0, Mito_1 (central
   512² crops, a quarter of the compute).
 * C: ``sim-widefield-confocal``; pairs rendered as ``quality.py`` renders them (real HQ images as
@@ -57,11 +57,20 @@ def w2s(names: Sequence[str]) -> list[PairPaths]:
     return [PairPaths(n, n[:3], root / "avg1" / f"{n}.png", root / "avg400" / f"{n}.png") for n in names]
 
 
+def own_validation_fields(package: ModelPackage) -> list[str]:
+    """The validation fields of the package's own training split (never its training or test fields)."""
+    data = package.provenance.training_data
+    if data is None or not data.split.get("val", {}).get("fields"):
+        raise SystemExit(f"{package.path}: records no validation fields to calibrate on")
+    return data.split["val"]["fields"]
+
+
 def track_pairs(track: str, quick: bool, work: Path) -> dict[str, list[PairPaths]]:
     """Validation and test pairs of ``track`` (C: rendered into ``work``)."""
     if track == "A":
         test = [f"{f:03d}_{f % 3}" for f in range(81, 121, 7)]
-        return {"val": w2s(["017_0"] if quick else [f"{f}_{c}" for f in ("017", "077") for c in range(3)]),
+        val = own_validation_fields(load_package(MODELS["A"]))[:2]
+        return {"val": w2s([f"{val[0]}_0"] if quick else [f"{f}_{c}" for f in val for c in range(3)]),
                 "test": w2s(test[:1] if quick else test)}  # fmt: skip
     if track == "B":
         test = ["Micro_4"] if quick else ["Micro_4", "Micro_5", "Mito_0", "Mito_1"]

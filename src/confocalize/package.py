@@ -356,6 +356,12 @@ def _generator(source: Path, desc: _Description, weights: bytes) -> UNet:
     return generator.eval()
 
 
+def _normalization_words(norm: NormalizationConfig) -> str:
+    """The input normalisation in words, e.g. "percentiles 1.0 - 99.8 of 3x3 local means"."""
+    window = f" of {norm.input_window}x{norm.input_window} local means" if norm.input_window > 1 else ""
+    return f"percentiles {norm.low} - {norm.high}{window}"
+
+
 def package_summary(package: ModelPackage) -> dict[str, dict[str, Any]]:
     """What ``confocalize info`` shows, by section: identity, network, systems, training data, metrics."""
     gen = package.generator
@@ -374,7 +380,7 @@ def package_summary(package: ModelPackage) -> dict[str, dict[str, Any]]:
             "context_slices": package.context_slices,
             "parameters": sum(p.numel() for p in gen.parameters()),
             "receptive_field_px": gen.receptive_field,
-            "normalization": f"percentiles {package.normalization.low} - {package.normalization.high}",
+            "normalization": _normalization_words(package.normalization),
             "lq_pixel_size_um": package.lq_pixel_size,
         },
         "lq_system": package.provenance.lq_system.model_dump(exclude_none=True),
