@@ -224,7 +224,8 @@ def train_budget_target(doc: Mapping[str, Any]) -> list[str]:
     m = doc["medians"]["all"]
     gap = f"{m['default']['psnr'] - m['gaussian']['psnr']:+.2f} dB, {m['default']['ssim'] - m['gaussian']['ssim']:+.3f} SSIM vs the Gaussian"
     return [f"`confocalize train` defaults, {doc['minutes']:g} min: beats a tuned Gaussian (PSNR and SSIM) on W2S 081-120",
-            f"{gap} ({doc['steps']} steps)", _yes(doc["target"]["met"])]  # fmt: skip
+            f"{gap} ({doc['steps']} steps; defaults of commit {doc['commit']}{', see the section' if doc.get('note') else ''})",
+            _yes(doc["target"]["met"])]  # fmt: skip
 
 
 def train_budget_section(doc: Mapping[str, Any]) -> list[str]:
@@ -232,13 +233,15 @@ def train_budget_section(doc: Mapping[str, Any]) -> list[str]:
     m = doc["machine_before"]
     lines = ["## A new user's training run (`benchmarks/train_budget.py`)", "",
              f"`confocalize train --pairs-csv TRAIN.csv --minutes {doc['minutes']:g} -o RUN` "
-             f"with every other setting at its default: W2S fields {doc['train_fields'][0]}-{doc['train_fields'][-1]}, all channels "
+             f"with every other setting at its default (those of commit {doc['commit']}): W2S fields "
+             f"{doc['train_fields'][0]}-{doc['train_fields'][-1]}, all channels "
              f"(the CLI holds out its own validation and test fields among them), {doc['steps']} generator steps in "
              f"{doc['train_wall_seconds'] / 60:.1f} min on {m['logical_cores']} cores ({m['cpu']}; load "
              f"{m['load_average_1_5_15min']} before, {[round(v, 2) for v in doc['load_average_after_training']]} after training). "
              f"Scored on test fields {doc['test_fields'][0]}-{doc['test_fields'][-1]}; Gaussian ({doc['gaussian']['params']}) and "
              f"BM3D ({doc['bm3d']['params']}) tuned on training images. BM3D on a subset (channel 0 of every other test field). "
-             "Plain PSNR/SSIM, percentile-normalised images, data_range 1, medians.", ""]  # fmt: skip
+             "Plain PSNR/SSIM, percentile-normalised images, data_range 1, medians." + (f" Note: {doc['note']}" if doc.get("note") else ""),
+             ""]  # fmt: skip
     rows = [[f"{group} ({d['n_images']} images)", name, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}"]
             for group, d in doc["medians"].items() for name, v in d.items() if name != "n_images"]  # fmt: skip
     lines += table(["test images", "method", "PSNR dB", "SSIM"], rows)

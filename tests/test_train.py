@@ -80,10 +80,11 @@ def test_fit_writes_the_run_folder(gan_run: tuple[Path, Any]) -> None:
 
 
 def test_last_checkpoint_follows_every_validation_even_without_a_new_best(tmp_path: Path) -> None:
-    """A rate too small to change the weights never beats the first validation; last.ckpt must still move on."""
+    """A residual net whose zero head cannot move (rate 1e-30) returns its input: no validation beats the first,
+    and last.ckpt must still move on."""
     write_tiny_pairs(tmp_path)
-    config = tiny_config(tmp_path, "flat", loss={"adv_weight": 0}, optim={"lr": 1e-30, "ema_decay": 0},
-                         trainer={"max_steps": 3, "val_every_steps": 1})  # fmt: skip
+    config = tiny_config(tmp_path, "flat", generator={"depth": 2, "base_channels": 4, "residual": True}, loss={"adv_weight": 0},
+                         optim={"lr": 1e-30, "ema_decay": 0}, trainer={"max_steps": 3, "val_every_steps": 1})  # fmt: skip
     fit(config)
     steps = {name: torch.load(tmp_path / "flat" / "checkpoints" / name, weights_only=True)["global_step"] for name in ("last.ckpt", "best.ckpt")}
     assert steps == {"last.ckpt": 3, "best.ckpt": 1}

@@ -19,7 +19,7 @@ from confocalize.io import Image, read_image, write_image
 from confocalize.package import ModelPackage, UncertaintyCalibration, build_generator, load_package, save_package
 from confocalize.pairs import PairPaths
 
-TINY = GeneratorConfig(depth=2, base_channels=4)
+TINY = GeneratorConfig(depth=2, base_channels=4, residual=True)  # with a random head: input plus a varied correction
 
 
 @pytest.fixture()
