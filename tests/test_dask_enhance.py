@@ -34,7 +34,7 @@ def random_package(depth: int = 2, in_channels: int = 1, out_channels: int = 1, 
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.running_mean.normal_(0.0, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
-    net.head.weight.data.normal_(0.0, 0.5)  # the residual head starts at zero: give it a correction to make
+    net.head.weight.data.normal_(0.0, 5.0)  # outputs of order 0.1-1 (and a residual head would start at zero)
     return ModelPackage(net.eval(), cfg, NormalizationConfig(), in_channels, out_channels, context_slices=context)
 
 
