@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage, optimize, stats
 
 from confocalize.config import NormalizationConfig
-from confocalize.normalize import percentile_normalization
+from confocalize.normalize import sampled_normalization
 from confocalize.stacks import as_czyx
 
 MAX_PIXELS = 1 << 20  # pixels per image the rank correlation reads at most (an even subsample beyond)
@@ -68,7 +68,7 @@ def fit(spreads: Sequence[np.ndarray], means: Sequence[np.ndarray], errors: Sequ
 
 def absolute_error(prediction: np.ndarray, hq: np.ndarray, axes: str, normalization: NormalizationConfig) -> np.ndarray:
     """``|prediction - HQ|`` in output units, float32 of the prediction's shape (HQ normalised per channel)."""
-    target = np.stack([percentile_normalization(c, normalization.low, normalization.high).apply(c) for c in as_czyx(hq, axes)])
+    target = np.stack([sampled_normalization(c, normalization.low, normalization.high).apply(c) for c in as_czyx(hq, axes)])
     error = np.abs(as_czyx(np.asarray(prediction, dtype=np.float32), axes) - target)
     return error.reshape(np.shape(prediction))
 
