@@ -50,10 +50,17 @@ OLD_OPTIM = OptimConfig(lr=2e-4, d_lr=2e-4, beta1=0.5, schedule="constant", ema_
 OLD_PATCH_SIGNAL = 0.0
 
 
+def network_config(name: str) -> GeneratorConfig:
+    """:data:`GENERATORS`' settings of ``name`` as a network is built: where training would decide
+    ``residual`` from the pairs, plain (a residual skip adds one addition, nothing measurable in speed)."""
+    cfg = GENERATORS[name]
+    return cfg.model_copy(update={"residual": False}) if cfg.residual == "auto" else cfg
+
+
 def build(name: str) -> torch.nn.Module:
     """A freshly initialised generator of one of :data:`GENERATORS` (seeded, eval mode)."""
     torch.manual_seed(0)
-    cfg = GENERATORS[name]
+    cfg = network_config(name)
     return (build_reference(cfg) if name == REFERENCE else package.build_generator(cfg)).eval()
 
 

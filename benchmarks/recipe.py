@@ -55,7 +55,7 @@ L1_CONST = OptimConfig(lr=1e-3, beta1=0.9, schedule="constant", ema_decay=0.0)
 L1_COSINE = L1_CONST.model_copy(update={"schedule": "cosine"})
 L1_EMA = L1_COSINE.model_copy(update={"ema_decay": 0.999})
 NO_GAN = LossConfig(adv_weight=0.0)
-PLAIN = GeneratorConfig(residual=False)  # the default generator
+PLAIN = GeneratorConfig(residual=False)  # the output is the network's alone
 RESIDUAL = GeneratorConfig(residual=True)
 PIXELS = NormalizationConfig(input_window=1)  # percentiles over single pixels, as before the input window
 
@@ -81,7 +81,7 @@ VARIANTS: dict[str, Variant] = {
     "l1_residual": Variant(NO_GAN, L1_EMA, RESIDUAL, base="l1_ema"),
     "l1_window": Variant(NO_GAN, L1_EMA, RESIDUAL, NormalizationConfig()),
     "l1_lr": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig()),
-    "l1_plain": Variant(NO_GAN, OptimConfig(), GeneratorConfig(), NormalizationConfig()),
+    "l1_plain": Variant(NO_GAN, OptimConfig(), PLAIN, NormalizationConfig()),
     "recipe_gan": Variant(LossConfig(), OptimConfig(), GeneratorConfig(), NormalizationConfig()),
 }
 PATCH, BATCH = 128, 8

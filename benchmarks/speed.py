@@ -50,7 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, REFERENCE, architecture, build, print_table, quiet_lightning, write_results
+from common import DEFAULT, LABELS, OLD_DEFAULT, REFERENCE, architecture, build, network_config, print_table, quiet_lightning, write_results
 from confocalize.config import DataConfig, NormalizationConfig, TrainConfig, TrainerConfig
 from confocalize.engine import CACHE_ENV, Runner, make_runner, onnx_graph
 from confocalize.io import write_image
@@ -184,7 +184,7 @@ def timed(name: str, form: str, size: int) -> Timed:
     """A :class:`Timed` run of a freshly built generator; ``form`` is one of :data:`INFERENCE`'s."""
     net = build(name)
     if form in BACKEND_OF_FORM:
-        package = ModelPackage(generator=net, generator_config=GENERATORS[name], normalization=NormalizationConfig())
+        package = ModelPackage(generator=net, generator_config=network_config(name), normalization=NormalizationConfig())
         runner: Runner = make_runner(package, BACKEND_OF_FORM[form])  # builds the ONNX graph (untimed)
     else:
         runner = WholeImage(net, torch.channels_last if form == "channels_last" else torch.contiguous_format)
@@ -222,7 +222,7 @@ class _BatchTimes(L.Callback):
 def training(name: str, size: int, batch: int, steps: int, warmup: int = 2) -> dict[str, Any]:
     """Images/s of the real pix2pix training step (generator + PatchGAN, default losses) at ``size``²."""
     cfg = TrainConfig(
-        generator=GENERATORS[name],
+        generator=network_config(name),
         data=DataConfig(patch_size=size, batch_size=batch),
         trainer=TrainerConfig(max_steps=warmup + steps, progress_bar=False, accelerator="cpu"),
     )
@@ -276,7 +276,7 @@ def enhance_file(model_dir: Path, image: Path, out_dir: Path) -> dict[str, float
 def enhance_scaling(sizes: tuple[int, ...], work: Path) -> dict[str, Any]:
     """Time and peak RSS of :func:`enhance_file` on 16-bit images of each size, with the default model."""
     model_dir = save_package(
-        ModelPackage(generator=build(DEFAULT), generator_config=GENERATORS[DEFAULT], normalization=NormalizationConfig()),
+        ModelPackage(generator=build(DEFAULT), generator_config=network_config(DEFAULT), normalization=NormalizationConfig()),
         work / "model",
     )  # fmt: skip
     rng = np.random.default_rng(0)
@@ -363,7 +363,7 @@ def measure(settings: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def graph_build() -> dict[str, Any]:
     """Seconds to build the default generator's ONNX graph on first use (empty cache), and its size."""
-    package = ModelPackage(generator=build(DEFAULT), generator_config=GENERATORS[DEFAULT], normalization=NormalizationConfig())
+    package = ModelPackage(generator=build(DEFAULT), generator_config=network_config(DEFAULT), normalization=NormalizationConfig())
     start = time.perf_counter()
     graph = onnx_graph(package)
     result = {"generator": DEFAULT, "seconds": time.perf_counter() - start, "bytes": len(graph)}

@@ -35,7 +35,7 @@ from confocalize.io import Image, read_image, write_image, write_json
 from confocalize.package import ModelPackage, build_generator, save_package
 from confocalize.predict import enhance_image
 
-TINY = GeneratorConfig(depth=2, base_channels=4)
+TINY = GeneratorConfig(depth=2, base_channels=4, residual=False)
 
 
 @pytest.fixture()

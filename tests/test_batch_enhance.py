@@ -18,7 +18,7 @@ from confocalize.io import write_image
 from confocalize.package import ModelPackage, build_generator, load_package, save_package
 from confocalize.predict import enhance_files
 
-TINY = GeneratorConfig(depth=2, base_channels=4)
+TINY = GeneratorConfig(depth=2, base_channels=4, residual=False)
 NAMES = ("a", "b", "c")
 
 

@@ -78,7 +78,7 @@ def model(tmp_path):
     from confocalize.config import GeneratorConfig, NormalizationConfig
     from confocalize.package import ModelPackage, build_generator, save_package
 
-    cfg = GeneratorConfig(depth=2, base_channels=4)
+    cfg = GeneratorConfig(depth=2, base_channels=4, residual=False)
     return save_package(ModelPackage(build_generator(cfg), cfg, NormalizationConfig()), tmp_path / "model")
 
 

@@ -27,7 +27,7 @@ from confocalize.predict import to_dtype, enhance_image
 
 def random_package(depth: int = 2, in_channels: int = 1, out_channels: int = 1, context: int = 0) -> ModelPackage:
     """A small random residual package with non-trivial outputs (BatchNorm statistics as in test_predict, a random head)."""
-    cfg = GeneratorConfig(depth=depth, base_channels=4)
+    cfg = GeneratorConfig(depth=depth, base_channels=4, residual=False)
     torch.manual_seed(0)
     net = build_generator(cfg, in_channels, out_channels)
     for mod in net.modules():

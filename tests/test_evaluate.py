@@ -120,7 +120,7 @@ def test_table_rows_follow_the_study_layout(tmp_path, rng):
 
 def test_evaluate_model_enhances_and_saves_generated_images(tmp_path, rng):
     pairs, _, _ = _pairs(tmp_path, rng)
-    cfg = GeneratorConfig(depth=2, base_channels=4)
+    cfg = GeneratorConfig(depth=2, base_channels=4, residual=False)
     torch.manual_seed(0)
     package = ModelPackage(build_generator(cfg), cfg, NormalizationConfig())
     calls = []

@@ -95,7 +95,7 @@ def test_bioimageio_export_describes_the_planes_of_a_2p5d_model(tmp_path: Path, 
     from confocalize.package import build_generator
 
     torch.manual_seed(0)
-    package = replace(make_package(), generator=build_generator(GeneratorConfig(depth=2, base_channels=4), in_channels=3).eval(),
+    package = replace(make_package(), generator=build_generator(GeneratorConfig(depth=2, base_channels=4, residual=False), in_channels=3).eval(),
                       in_channels=3, context_slices=1)  # fmt: skip
     assert input_channel_names(package) == ["c0_zm1", "c0_z0", "c0_zp1"]
     bio_path = export_bioimageio(package, tmp_path / "bmz.zip")

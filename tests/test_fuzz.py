@@ -132,7 +132,7 @@ def test_register_pair_of_random_images(lq: Image, hq: Image) -> None:
 @pytest.fixture(scope="module")
 def package() -> ModelPackage:
     torch.manual_seed(0)
-    config = GeneratorConfig(depth=2, base_channels=4)
+    config = GeneratorConfig(depth=2, base_channels=4, residual=False)
     return ModelPackage(build_generator(config), config, NormalizationConfig())
 
 

@@ -39,7 +39,7 @@ HQ = SystemDescription(modality="confocal", objective_na=1.4, pinhole_au=1.0, in
 
 def make_package(lq_pixel_size: float | None = 0.1, generator_config: GeneratorConfig | None = None) -> ModelPackage:
     """A tiny random model with provenance and metrics (``generator_config`` may disagree with the network)."""
-    cfg = GeneratorConfig(depth=2, base_channels=4)
+    cfg = GeneratorConfig(depth=2, base_channels=4, residual=False)
     torch.manual_seed(0)
     provenance = Provenance(
         lq_system=LQ, hq_system=HQ, training_data=TrainingData(n_pairs=6, n_fields=3, lq_pixel_sizes_um=[0.1])
@@ -202,7 +202,7 @@ def test_format_3_packages_load_as_plain_unets(tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
-    wrong = make_package(generator_config=GeneratorConfig(depth=2, base_channels=8))
+    wrong = make_package(generator_config=GeneratorConfig(depth=2, base_channels=8, residual=False))
     with pytest.raises(ConfocalizeError, match="weights do not fit the described network"):
         load_package(save_package(wrong, tmp_path / "wrong"))
 

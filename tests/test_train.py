@@ -18,7 +18,7 @@ from confocalize.config import TrainConfig, parse_config
 from confocalize.errors import ConfocalizeError
 from confocalize.io import write_image
 from confocalize.package import load_package
-from confocalize.train import Pix2Pix, fit, ssim_torch
+from confocalize.train import fit, ssim_torch
 
 
 def write_tiny_pairs(root: Path, n_fields: int = 4, per_field: int = 2, size: int = 40) -> None:
@@ -77,6 +77,9 @@ def test_fit_writes_the_run_folder(gan_run: tuple[Path, Any]) -> None:
     assert package.lq_pixel_size == pytest.approx(0.2)
     assert package.provenance.training_data.split["val"]["fields"] == split["val"]["fields"]
     assert package.generator(torch.zeros(1, 1, 24, 24)).shape == (1, 1, 24, 24)
+    # residual "auto" was decided from the pairs (LQ = a blur of HQ: not the target up to noise) and recorded
+    assert package.generator_config.residual is False
+    assert "residual: false" in (run / "config.yaml").read_text()
 
 
 def test_last_checkpoint_follows_every_validation_even_without_a_new_best(tmp_path: Path) -> None:
@@ -118,7 +121,6 @@ def test_resume_refuses_foreign_or_corrupt_checkpoints(gan_run: tuple[Path, Any]
 def test_l1_only_mode_has_no_discriminator(tmp_path: Path) -> None:
     write_tiny_pairs(tmp_path, n_fields=3, per_field=1)
     config = tiny_config(tmp_path, "l1", loss={"adv_weight": 0.0, "ssim_weight": 1.0}, trainer={"max_steps": 2})
-    assert Pix2Pix(config).discriminator is None
     result = fit(config)
     assert result.steps == 2
     state = torch.load(tmp_path / "l1" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

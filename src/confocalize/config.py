@@ -78,11 +78,13 @@ class GeneratorConfig(Strict):
     max_channels: int = Field(512, ge=4)
     norm: Literal["batch", "none"] = Field("batch", description="eval-mode BatchNorm is tile-safe; per-tile norms are not offered")
     dropout: float = Field(0.0, ge=0, lt=1)
-    residual: bool = Field(
-        False,
-        description="learn a correction of the input (output = input planes + network): for denoising with the same optics "
-        "(W2S: +1.1 dB at 600 steps); off by default, since for wide-field -> confocal it passes the haze and noise through "
-        "at short budgets (demo pairs, 300 steps: SSIM 0.38 vs 0.87). Packages before format 4 have none",
+    residual: bool | Literal["auto"] = Field(
+        "auto",
+        description="learn a correction of the input (output = input planes + network): right for denoising with the same "
+        "optics (W2S: +1.8 dB at 600 steps), wrong for wide-field -> confocal, where it passes the haze and noise through "
+        "at short budgets (demo pairs, 300 steps: SSIM 0.38 vs 0.87); auto (default): training decides from the pairs "
+        "(confocalize.residual_choice), and the run's config.yaml and package record the choice. Packages before format 4 "
+        "have none",
     )  # fmt: skip
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -121,6 +121,13 @@ class _Description(Strict):
     metrics: dict[str, dict[str, float | None]]
     uncertainty: UncertaintyCalibration | None = None  # omitted when None
 
+    @field_validator("generator")
+    @classmethod
+    def _residual_decided(cls, generator: GeneratorConfig) -> GeneratorConfig:
+        if generator.residual == "auto":
+            raise ValueError("generator.residual must be true or false in a trained model, not auto")
+        return generator
+
 
 @dataclass
 class ModelPackage:
@@ -142,7 +149,9 @@ class ModelPackage:
 
 
 def build_generator(cfg: GeneratorConfig, in_channels: int = 1, out_channels: int = 1) -> UNet:
-    """A U-Net generator from its settings."""
+    """A U-Net generator from its settings (``residual`` already decided: see :mod:`confocalize.residual_choice`)."""
+    if cfg.residual == "auto":
+        raise ValueError("generator.residual is 'auto': decide it from the training pairs (residual_choice) first")
     return UNet(in_channels, out_channels, cfg.depth, cfg.base_channels, cfg.max_channels, cfg.norm, cfg.dropout, cfg.residual)
 
 

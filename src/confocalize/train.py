@@ -66,6 +66,7 @@ from confocalize.finetune import check_channels, lineage, parent_package
 from confocalize.package import ModelPackage, Provenance, TrainingData, TrainingRun, build_generator, save_package
 from confocalize.pairs import PairPaths, collect_pairs
 from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
+from confocalize.residual_choice import choose_residual
 from confocalize.training_log import TrainingLog
 
 CHECKPOINT_FORMAT = 3  # 2: EMA generator, recipe schedules; 3: residual generator setting
@@ -299,14 +300,18 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     d = config.data
     if d.val_fraction == 0:
         raise ConfocalizeError("data.val_fraction is 0: training needs validation fields to pick the best model; set it > 0")
-    ckpt_path = None if resume is None else _resumable(resume, config)
-    if ckpt_path is None:
+    ckpt_path = None
+    if resume is not None:
+        ckpt_path, config = _resumable(resume, config)
+    else:
         _refuse_existing_run(out)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     pairs = collect_pairs(**_pairs_source(config), field_pattern=d.field_pattern)
     split = split_by_field(pairs, d.val_fraction, d.test_fraction, config.trainer.seed)
     train_images, val_images = load_pairs(split["train"], d), load_pairs(split["val"], d)
     channels = sample_channels(train_images + val_images)
+    if config.generator.residual == "auto":
+        config = _with_residual(config, choose_residual(train_images))
     if parent is not None:
         check_channels(parent, config, channels)
     module = Pix2Pix(config, channels)
@@ -336,8 +341,14 @@ def _refuse_existing_run(out: Path) -> None:
         raise ConfocalizeError(f"{out}: already holds a training run; resume it (--resume {out}) or choose another output_dir")
 
 
-def _resumable(resume: Path, config: TrainConfig) -> Path:
-    """The checkpoint to resume from, checked against ``config`` (one-line errors otherwise)."""
+def _with_residual(config: TrainConfig, residual: bool) -> TrainConfig:
+    """``config`` with ``generator.residual`` decided."""
+    return config.model_copy(update={"generator": config.generator.model_copy(update={"residual": residual})})
+
+
+def _resumable(resume: Path, config: TrainConfig) -> tuple[Path, TrainConfig]:
+    """The checkpoint to resume from, checked against ``config`` (one-line errors otherwise), and
+    ``config`` with the checkpoint's ``generator.residual`` where it leaves that to the pairs."""
     path = Path(resume)
     path = path / "checkpoints" / LAST if path.is_dir() else path
     meta = _read_checkpoint(path).get("confocalize")
@@ -346,12 +357,14 @@ def _resumable(resume: Path, config: TrainConfig) -> Path:
         raise ConfocalizeError(
             f"{path}: checkpoint of another version ({found}), this is confocalize {__version__}; start a new run"
         )
+    if config.generator.residual == "auto" and isinstance(meta.get("generator"), dict):
+        config = _with_residual(config, bool(meta["generator"].get("residual")))
     expected = architecture(config)
     if {k: meta.get(k) for k in expected} != expected:
         raise ConfocalizeError(
             f"{path}: trained with other generator/discriminator settings than this config; resume with the run's config.yaml"
         )
-    return path
+    return path, config
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
