@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from confocalize.errors import ConfocalizeError
-from confocalize.io import atomic_write, image_stem, list_images, read_image, write_image
+from confocalize.io import MetadataWarning, atomic_write, image_stem, list_images, read_image, write_image
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
@@ -35,6 +35,17 @@ def test_plain_tiff_resolution_tags_and_imagej_units(tmp_path, rng):
     tifffile.imwrite(tmp_path / "none.tif", data)
     assert read_image(tmp_path / "none.tif").pixel_size is None
     assert read_image(tmp_path / "none.tif", pixel_size=0.1).pixel_size == 0.1
+
+
+def test_tifffile_json_unit_counts_and_an_inch_tag_is_ignored_by_name(tmp_path, rng):
+    """``tifffile.imwrite(..., resolution=..., metadata={"unit": "um"})`` writes the tag in inches and
+    the unit into its JSON description: the unit wins. Without it the tag is a print resolution."""
+    data = rng.integers(0, 4000, (16, 16), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "json.tif", data, resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "um"})
+    assert read_image(tmp_path / "json.tif").pixel_size == pytest.approx(0.2)
+    tifffile.imwrite(tmp_path / "dpi.tif", data, resolution=(72, 72), resolutionunit="INCH")
+    with pytest.warns(MetadataWarning, match=r"dpi\.tif: resolution tag ignored, it is in inches"):
+        assert read_image(tmp_path / "dpi.tif").pixel_size is None
 
 
 def test_png_is_read_as_yx(tmp_path, rng):

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,10 @@ os.umask(_UMASK)
 MAX_MAGNITUDE = 1e38  # larger values overflow the float32 arithmetic of normalisation and networks
 _TIFF_DAMAGE = re.compile(r"invalid .*offset|truncat|failed to read|unexpected end", re.IGNORECASE)  # in tifffile's warnings
 _MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
+
+
+class MetadataWarning(UserWarning):
+    """A file's metadata was read only in part (e.g. a resolution tag without a usable unit)."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,12 @@ def _tifffile_warnings() -> Iterator[list[str]]:
 
 
 def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
-    """Pixel size and z step in µm from OME-XML, ImageJ metadata or resolution tags."""
+    """Pixel size and z step in µm from OME-XML, ImageJ metadata or resolution tags.
+
+    A resolution tag counts with a length unit: ImageJ's ``unit``, the ``unit`` of tifffile's JSON
+    description (``tifffile.imwrite(..., metadata={"unit": "um"})``) or centimetres; a tag in inches
+    (a print resolution) or without a unit is ignored with a :class:`MetadataWarning` that names the file.
+    """
     if tif.is_ome and tif.ome_metadata:
         meta = tifffile.xml2dict(tif.ome_metadata)
         images = meta.get("OME", {}).get("Image", {})
@@ -168,16 +178,32 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, float | None]
     if num == 0 or (num == 1 and den == 1):  # 1 pixel per unit is the "not set" default
         return None, dz
     per_unit = den / num
-    unit = page.tags.get("ResolutionUnit")
-    unit_value = int(unit.value) if unit is not None else 1
-    if ij.get("unit"):
-        factor = _MICRONS_PER_UNIT.get(str(ij["unit"]))
+    unit = ij.get("unit") or _shaped_unit(tif)
+    if unit:
+        factor = _MICRONS_PER_UNIT.get(str(unit))
+        if factor is None:
+            _ignored(tif, f"its unit '{unit}' is not a length this reader knows")
         return (per_unit * factor if factor else None), dz
-    if unit_value == 3:  # centimetre
+    unit_tag = page.tags.get("ResolutionUnit")
+    if unit_tag is not None and int(unit_tag.value) == 3:  # centimetre
         return per_unit * 1e4, dz
-    if unit_value == 2:  # inch: a print resolution, not a microscope pixel size
-        return None, dz
+    _ignored(tif, "it is in inches (a print resolution)" if unit_tag is not None and int(unit_tag.value) == 2 else "it has no unit")
     return None, dz
+
+
+def _shaped_unit(tif: tifffile.TiffFile) -> str | None:
+    """The ``unit`` of tifffile's JSON image description, where the file has one."""
+    shaped = tif.shaped_metadata if tif.is_shaped else None
+    unit = shaped[0].get("unit") if shaped else None
+    return str(unit) if unit else None
+
+
+def _ignored(tif: tifffile.TiffFile, why: str) -> None:
+    warnings.warn(
+        f"{tif.filehandle.path}: resolution tag ignored, {why}; no pixel size read: write OME-TIFF or ImageJ metadata, "
+        "or give the pixel size (e.g. --lq-pixel-size, µm)",
+        MetadataWarning, stacklevel=4,
+    )  # fmt: skip
 
 
 def _with_unit(value: Any, unit: str) -> float | None:
