@@ -1,6 +1,7 @@
 """Run every benchmark and regenerate ``BENCHMARKS.md`` from ``benchmarks/results/*.json``.
 
-    python benchmarks/run_all.py                  # speed, quality (default budget), recipe ablation, 30-min train, fine-tuning, registration
+    python benchmarks/run_all.py                  # speed, quality (default budget), recipe ablation, 30-min train, fine-tuning,
+                                                  # trust, invented structures (on the quality run's models), registration
     python benchmarks/run_all.py --quick          # smoke run of every path
     python benchmarks/run_all.py --report-only    # only rewrite BENCHMARKS.md from the JSON files
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,17 @@ from common import DEFAULT, LABELS, REPO, RESULTS
 BENCHMARKS = REPO / "benchmarks"
 REPORT = REPO / "BENCHMARKS.md"
 RSS_GIB = 2**30
-NAMES = ("speed", "quality", "recipe", "train_budget", "finetune", "registration")
+NAMES = ("speed", "quality", "recipe", "train_budget", "finetune", "trust", "structures", "registration")
 
 
-def scripts(quick: bool, minutes: float | None) -> dict[str, list[str]]:
-    """Command-line arguments of each benchmark script (registration.py only if present)."""
-    quality = (["--quick"] if quick else []) + ([f"--minutes-per-model={minutes:g}"] if minutes else [])
+def scripts(quick: bool, minutes: float | None, work: Path) -> dict[str, list[str]]:
+    """Command-line arguments of each benchmark script (registration.py only if present); ``work`` keeps the
+    quality run's models for structures.py."""
+    quality = (["--quick"] if quick else []) + ([f"--minutes-per-model={minutes:g}"] if minutes else []) + ["--work-dir", str(work)]
     runs = {"speed": ["--quick"] if quick else [], "quality": quality, "recipe": ["--quick", "--steps", "20"] if quick else [],
             "train_budget": ["--quick", "--minutes", "0.3", "--test-every", "20"] if quick else [],
-            "finetune": ["--quick", "--minutes", "0.15", "--parent-minutes", "0.15", "--val-every", "10"] if quick else []}
+            "finetune": ["--quick", "--minutes", "0.15", "--parent-minutes", "0.15", "--val-every", "10"] if quick else [],
+            "trust": ["--quick"] if quick else [], "structures": ["--work-dir", str(work)]}
     if (BENCHMARKS / "registration.py").is_file():
         runs["registration"] = ["--cases", "6", "--simulated", "2", "--unrelated", "4", "--large", "0"] if quick else []
     return runs
@@ -272,6 +276,37 @@ def finetune_section(doc: Mapping[str, Any]) -> list[str]:
     return lines + ["", f"![Fine-tuning curves]({RESULTS.relative_to(REPO) / 'finetune_curves.png'})", ""]
 
 
+def trust_section(doc: Mapping[str, Any]) -> list[str]:
+    """Uncertainty calibration per track: Spearman of predicted uncertainty vs absolute error, calibration error."""
+    rows = [[name, t["model"], len(t["test_images"]), f"{t['median']['spearman']:.2f}", _yes(t["target_spearman_0_5_met"]),
+             f"{t['calibration_error']:.2f}", f"{t['outside_calibration_fraction']:.0%}"]
+            for name, t in doc["tracks"].items()]  # fmt: skip
+    lines = ["## Can I trust this pixel? (`benchmarks/trust.py`)", "",
+             "Uncertainty of `enhance --uncertainty` (spread over the 8 flips/rotations, calibrated on the model's own "
+             "validation fields) against the absolute error of the output, per pixel, on held-out test images (central "
+             f"{doc['settings']['crop']}² crops). Spearman: median over images (target ≥ 0.5). Calibration error: the "
+             "pixel-weighted mean of |observed / predicted RMS error - 1| over equal-count bins of predicted uncertainty "
+             "(0: perfectly calibrated; the bins are the reliability diagrams below).", ""]  # fmt: skip
+    lines += table(["track", "model", "test images", "Spearman", "≥ 0.5", "calibration error", "images flagged outside calibration"], rows)
+    return lines + ["", f"![Reliability diagrams]({RESULTS.relative_to(REPO) / 'trust.png'})", ""]
+
+
+def structures_section(doc: Mapping[str, Any]) -> list[str]:
+    """Invented and missed structures per method and track."""
+    q = doc["quality_run"]
+    lines = ["## Invented and missed structures (`benchmarks/structures.py`)", "",
+             f"Every method of the quality run (commit {q['commit']}, {q['budget']}) on its test images: {doc['method']}. "
+             "Invented: detected in the output with no HQ counterpart; missed: in HQ with none in the output.", ""]  # fmt: skip
+    rows = [[name, method, *(_share(r["median"][k]) for k in ("invented_spots", "missed_spots", "invented_filaments", "missed_filaments"))]
+            for name, track in doc["tracks"].items() for method, r in track["methods"].items()]  # fmt: skip
+    lines += table(["track", "method", "invented spots", "missed spots", "invented filament", "missed filament"], rows)
+    return lines + [""]
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def _method_label(method: str, track: Mapping[str, Any]) -> str:
     """The method with its tuned parameters or its training steps."""
     if method in track["classical"]:
@@ -303,7 +338,9 @@ def registration_section(reg: dict[str, Any]) -> list[str]:
 
 def report(results: Mapping[str, dict[str, Any]]) -> str:
     """BENCHMARKS.md from the result documents that exist."""
-    speed, quality, reg, recipe, budget, finetune = (results.get(n) for n in ("speed", "quality", "registration", "recipe", "train_budget", "finetune"))
+    speed, quality, reg, recipe, budget, finetune, trust, structures = (
+        results.get(n) for n in ("speed", "quality", "registration", "recipe", "train_budget", "finetune", "trust", "structures")
+    )
     lines = ["# Benchmarks", "",
              "Generated by `make bench` (`benchmarks/run_all.py`) from `benchmarks/results/*.json`; do not edit by hand. "
              "Timings on a shared machine are lower bounds of what it can do: see the load average of each run.", ""]  # fmt: skip
@@ -324,6 +361,10 @@ def report(results: Mapping[str, dict[str, Any]]) -> str:
         lines += train_budget_section(budget)
     if finetune:
         lines += finetune_section(finetune)
+    if trust:
+        lines += trust_section(trust)
+    if structures:
+        lines += structures_section(structures)
     if reg:
         lines += registration_section(reg)
     return "\n".join(lines).rstrip() + "\n"
@@ -338,9 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     failed = []
     if not args.report_only:
-        for name, script_args in scripts(args.quick, args.minutes_per_model).items():
-            if name not in args.skip and run(name, script_args) != 0:
-                failed.append(name)
+        with tempfile.TemporaryDirectory(prefix="confocalize-bench-") as work:
+            for name, script_args in scripts(args.quick, args.minutes_per_model, Path(work)).items():
+                if name not in args.skip and run(name, script_args) != 0:
+                    failed.append(name)
     results = {name: doc for name in NAMES if (doc := load(name)) is not None}
     REPORT.write_text(report(results))
     print(f"written {REPORT}" + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -6,6 +6,7 @@ data and its licence, the training run (steps, minutes, hardware, the benchmark 
 held-out scores from ``benchmarks/results/quality.json`` beside the best classical method's.
 
     python benchmarks/ship_models.py --work-dir /tmp/qwork
+    python benchmarks/ship_models.py --work-dir /tmp/qwork --tracks BC   # keep w2s-denoise
     python benchmarks/ship_models.py --w2s-run /tmp/tbwork/run   # w2s-denoise from train_budget.py's 30-min run
 
 ``--w2s-run`` ships the model of a ``train_budget.py --work-dir DIR`` run (``DIR/run``) as ``w2s-denoise``
@@ -60,11 +61,13 @@ def scores(track: dict[str, Any]) -> dict[str, Any]:
     return {f"{who} (median of {n} test images)": f"PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}" for who, m in pick.items()}
 
 
-def ship(work: Path, quality: dict[str, Any]) -> list[Path]:
-    """Write the built-in packages from the run in ``work``; return their folders."""
+def ship(work: Path, quality: dict[str, Any], tracks: str = "ABC") -> list[Path]:
+    """Write the built-in packages of ``tracks`` from the run in ``work``; return their folders."""
     written = []
     settings, machine = quality["settings"], quality["machine"]
     for t, spec in BUILTINS.items():
+        if t not in tracks:
+            continue
         track = quality["tracks"][t]
         package = load_package(work / t / "runs" / DEFAULT / "model")
         info = track["learned"][DEFAULT]
@@ -115,11 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--work-dir", type=Path, help="the --work-dir of a finished quality.py run")
     source.add_argument("--w2s-run", type=Path, help="the run folder of a finished train_budget.py run")
+    parser.add_argument("--tracks", default="ABC", help="with --work-dir: ship these tracks' models only (e.g. BC keeps w2s-denoise)")
     args = parser.parse_args(argv)
     if args.w2s_run:
         ship_w2s_run(args.w2s_run, json.loads((RESULTS / "train_budget.json").read_text()))
     else:
-        ship(args.work_dir, json.loads((RESULTS / "quality.json").read_text()))
+        ship(args.work_dir, json.loads((RESULTS / "quality.json").read_text()), args.tracks)
 
 
 if __name__ == "__main__":
