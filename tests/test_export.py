@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,21 @@ def test_cli_exports_onnx_and_bioimageio_that_run_elsewhere(tmp_path: Path, rng:
         readme = zf.read("README.md").decode()
     assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "unet.py", "cover.png", "test_input.npy"} <= names
     assert "## Validation" in readme and "Partner lab" in readme and "10.1109/CVPR.2017.632" in readme
+    assert "NAME.uncertainty.ome.tif" in readme and "No uncertainty calibration is recorded" in readme
     summary = bioimageio_core.test_model(bio_path)
     failed = [d.name for d in summary.details if d.status == "failed"]
     assert summary.status == "passed", failed
     tested = {d.name for d in summary.details if d.name.startswith("Reproduce test outputs")}
     assert tested == {f"Reproduce test outputs from test inputs ({w})" for w in ("pytorch_state_dict", "torchscript")}
+
+
+def test_the_model_card_states_the_uncertainty_calibration() -> None:
+    from confocalize.export import _readme
+    from confocalize.package import UncertaintyCalibration
+
+    calibration = UncertaintyCalibration(scale=2.0, median_p95=0.031, spearman=0.55, n_images=6, data="validation fields 003, 005")
+    readme = _readme(replace(make_package(), uncertainty=calibration))
+    assert "Spearman 0.55" in readme and "6 images: validation fields 003, 005" in readme and "exceeds 0.031" in readme
 
 
 def test_a_sample_smaller_than_the_test_tensor_is_a_one_line_error(tmp_path: Path) -> None:
@@ -88,7 +99,6 @@ def test_missing_exporters_are_one_line_errors(tmp_path: Path, monkeypatch: pyte
 
 
 def test_bioimageio_export_describes_the_planes_of_a_2p5d_model(tmp_path: Path, offline) -> None:
-    from dataclasses import replace
 
     from confocalize.config import GeneratorConfig
     from confocalize.export import export_bioimageio, input_channel_names

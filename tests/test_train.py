@@ -80,6 +80,10 @@ def test_fit_writes_the_run_folder(gan_run: tuple[Path, Any]) -> None:
     # residual "auto" was decided from the pairs (LQ = a blur of HQ: not the target up to noise) and recorded
     assert package.generator_config.residual is False
     assert "residual: false" in (run / "config.yaml").read_text()
+    # enhance --uncertainty comes calibrated, on the validation images (never test ones)
+    val_names = [p["name"] for p in split["val"]["pairs"]]
+    assert package.uncertainty is not None and package.uncertainty.n_images == len(val_names)
+    assert all(name in package.uncertainty.data for name in val_names)
 
 
 def test_last_checkpoint_follows_every_validation_even_without_a_new_best(tmp_path: Path) -> None:

@@ -146,6 +146,11 @@ class TrainerConfig(Strict):
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also save checkpoints/last.ckpt every this many generator steps (it is always saved at each validation)"
     )
+    calibrate_uncertainty: int = Field(
+        8, ge=0,
+        description="after training, fit the calibration of enhance --uncertainty on up to this many validation images "
+        "(8 passes each) and store it in the package; 0: none (the map is then the raw spread)",
+    )  # fmt: skip
     stop_on_nan: bool = Field(True, description="stop when a loss or weight becomes NaN/Inf, keeping the last good checkpoint")
     d_collapse_steps: int = Field(200, ge=0, description="stop when the D loss stays below d_collapse_threshold this many steps; 0: never")
     d_collapse_threshold: float = Field(1e-3, gt=0, description="D loss below which the discriminator counts as collapsed")

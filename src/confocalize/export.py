@@ -326,8 +326,26 @@ def _readme(package: ModelPackage) -> str:
     lines += ["## Validation", "", "Metrics on held-out validation fields (images normalised to [0, 1], data_range 1):", ""]
     for name, values in package.metrics.items():
         lines += [f"### {name}", "", *_table(values), ""]
+    lines += _trust_section(package)
     lines += ["## Citations", "", *[f"- {text} doi:{doi}" for text, doi in CITATIONS], ""]
     return "\n".join(lines)
+
+
+def _trust_section(package: ModelPackage) -> list[str]:
+    """What confocalize adds beside the output, which this bioimage.io model (the generator alone) does not."""
+    lines = ["## Uncertainty and consistency maps", "",
+             "This model returns the enhanced image only. Applied with confocalize (`confocalize enhance --uncertainty "
+             "--consistency`), the same package also writes, beside each output on the same grid:", "",
+             "- `NAME.uncertainty.ome.tif`: per-pixel uncertainty in output units, from the spread of the outputs over the "
+             "8 flips/rotations of the input (8x the compute), calibrated as below;",
+             "- `NAME.consistency.ome.tif`: the output re-imaged through the LQ optics, minus the input, in units of the "
+             "input's noise (|value| > 3 marks structure the input does not support), and one score per image.", ""]  # fmt: skip
+    cal = package.uncertainty
+    if cal is None:
+        return lines + ["No uncertainty calibration is recorded: the map is the raw spread.", ""]
+    rank = f"; Spearman {cal.spearman:.2f} between uncertainty and absolute error per pixel" if cal.spearman is not None else ""
+    return lines + [f"Calibration ({cal.estimator}, {cal.n_images} images: {cal.data or 'not named'}){rank}; images whose "
+                    f"median uncertainty exceeds {cal.median_p95:.3g} are flagged as outside calibration.", ""]  # fmt: skip
 
 
 def _table(values: dict[str, Any]) -> list[str]:

@@ -8,7 +8,8 @@ Run folder (``config.output_dir``)::
     checkpoints/best.ckpt       best val/ssim so far
     logs/csv/version_N/         CSVLogger metrics.csv (N counts starts and resumes)
     logs/tensorboard/version_N/ TensorBoard events (when tensorboard is installed)
-    model/                      model package of the generator from best.ckpt
+    model/                      model package of the generator from best.ckpt, with the calibration of
+                                enhance --uncertainty fitted on up to 8 validation images
 
 ``trainer.max_steps`` counts GENERATOR updates. Lightning's ``global_step`` counts every
 optimizer step, two per batch with a discriminator, so the Trainer gets ``max_steps * n_optimizers``
@@ -68,6 +69,7 @@ from confocalize.pairs import PairPaths, collect_pairs
 from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
 from confocalize.residual_choice import choose_residual
 from confocalize.training_log import TrainingLog
+from confocalize.uncertainty import calibrate
 
 CHECKPOINT_FORMAT = 3  # 2: EMA generator, recipe schedules; 3: residual generator setting
 LAST = "last.ckpt"
@@ -331,7 +333,8 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
         provenance = _provenance(config, pairs, split, train_images + val_images).model_copy(
             update={"training": run, "lineage": lineage(config.init_from, parent) if parent is not None else []}
         )
-        best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images), channels)
+        best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images), channels,
+                           split["val"][: config.trainer.calibrate_uncertainty])  # fmt: skip
     return TrainResult(out, model_dir, best_val, split_summary(split), module.generator_steps, time.monotonic() - start)
 
 
@@ -521,9 +524,10 @@ def _provenance(
 
 def _export(
     config: TrainConfig, best: Path, model_dir: Path, provenance: Provenance, pixel_size: float | None,
-    channels: tuple[int, int],
+    channels: tuple[int, int], calibration_pairs: list[PairPaths],
 ) -> dict[str, float]:  # fmt: skip
-    """Save the (EMA) generator of ``best`` as a model package; return its validation metrics."""
+    """Save the (EMA) generator of ``best`` as a model package, with the calibration of ``enhance --uncertainty``
+    fitted on ``calibration_pairs`` (validation pairs; none: no calibration); return its validation metrics."""
     ckpt = _read_checkpoint(best)
     prefix = "generator." if config.optim.ema_decay == 0 else "generator_ema.module."
     generator = build_generator(config.generator, *channels)
@@ -540,6 +544,11 @@ def _export(
         provenance=provenance,
         metrics={"val": val},
     )
+    if calibration_pairs:
+        names = ", ".join(p.name for p in calibration_pairs)
+        # torch, as trained: an ONNX export here would cost more than the calibration
+        package.uncertainty = calibrate(package, calibration_pairs, data=f"validation images of the training split: {names}",
+                                        lq_pixel_size=config.data.lq_pixel_size, backend="torch")  # fmt: skip
     save_package(package, model_dir)
     return val
 

@@ -79,7 +79,8 @@ def outside_calibration(package: ModelPackage, median_uncertainty: float) -> boo
 
 
 def calibrate(
-    package: ModelPackage, pairs: Sequence[PairPaths], data: str = "", tile: int = DEFAULT_TILE, lq_pixel_size: float | None = None
+    package: ModelPackage, pairs: Sequence[PairPaths], data: str = "", tile: int = DEFAULT_TILE, lq_pixel_size: float | None = None,
+    backend: Backend = "auto",
 ) -> UncertaintyCalibration:
     """Fit the variance model on registered ``pairs`` (validation fields, never test fields), and the flag threshold.
 
@@ -89,7 +90,7 @@ def calibrate(
     raw = replace(package, uncertainty=None)
     spreads, means, errors = [], [], []
     for pair in pairs:
-        result = enhance_with_uncertainty(raw, read_image(pair.lq, pixel_size=lq_pixel_size), tile)
+        result = enhance_with_uncertainty(raw, read_image(pair.lq, pixel_size=lq_pixel_size), tile, backend=backend)
         errors.append(calibration.absolute_error(result.image.data, read_image(pair.hq).data, result.image.axes, package.normalization))
         spreads.append(result.uncertainty.data)
         means.append(result.image.data)
