@@ -151,6 +151,11 @@ class TrainerConfig(Strict):
         description="after training, fit the calibration of enhance --uncertainty on up to this many validation images "
         "(8 passes each) and store it in the package; 0: none (the map is then the raw spread)",
     )  # fmt: skip
+    health_check_every_steps: int = Field(
+        10, ge=1,
+        description="read back the NaN and collapse checks and check the weights every this many generator steps (and "
+        "before every checkpoint); each check is a host synchronisation",
+    )  # fmt: skip
     stop_on_nan: bool = Field(True, description="stop when a loss or weight becomes NaN/Inf, keeping the last good checkpoint")
     d_collapse_steps: int = Field(200, ge=0, description="stop when the D loss stays below d_collapse_threshold this many steps; 0: never")
     d_collapse_threshold: float = Field(1e-3, gt=0, description="D loss below which the discriminator counts as collapsed")
