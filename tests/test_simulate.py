@@ -244,3 +244,12 @@ def test_the_simulated_optics_are_recorded_for_the_package(tmp_path: Path) -> No
     assert (hq.modality, hq.pinhole_au, hq.excitation_nm) == ("confocal", 1.0, 488.0)
     recorded = demo_config(tmp_path, tmp_path / "pairs", minutes=1, seed=0).provenance
     assert recorded.lq_system.objective_na == SimulationParams().lq_na and recorded.hq_system.modality == "confocal"
+
+
+def test_the_demo_takes_a_step_budget(tmp_path: Path) -> None:
+    from confocalize.demo import demo_config
+
+    steps = demo_config(tmp_path, tmp_path / "pairs", minutes=None, seed=0, steps=345).trainer
+    assert (steps.max_steps, steps.max_time_minutes) == (345, None)
+    timed = demo_config(tmp_path, tmp_path / "pairs", minutes=5, seed=0).trainer
+    assert (timed.max_steps, timed.max_time_minutes) == (None, 5)

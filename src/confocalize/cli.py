@@ -315,7 +315,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        result = run_demo(args.output, minutes=args.minutes, n_fields=args.fields, seed=args.seed, progress=report)
+        minutes = args.minutes if args.minutes is not None or args.steps is not None else 5.0
+        result = run_demo(args.output, minutes=minutes, n_fields=args.fields, seed=args.seed, progress=report, steps=args.steps)
     _print_metrics(result.metrics, f"confocalize demo: median over {result.metrics['n_images']} held-out fields")
     out.print(f"wall time {result.seconds / 60:.1f} min; metrics: {result.metrics_path}; figure: {result.figure_path}")
 
@@ -454,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate -> register -> train -> enhance -> evaluate on the embedded default")
     p.add_argument("-o", "--output", type=Path, default=Path("demo-output"))
-    p.add_argument("--minutes", type=float, default=5.0, help="training wall-time budget")
+    p.add_argument("--minutes", type=float, default=None, help="training wall-time budget (default 5 without --steps)")
+    p.add_argument("--steps", type=int, default=None, help="training steps instead: a budget that does not depend on the speed or load of the machine")
     p.add_argument("--fields", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

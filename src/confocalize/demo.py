@@ -37,25 +37,28 @@ class DemoResult:
     seconds: float
 
 
-def demo_config(output_dir: Path, pairs_dir: Path, minutes: float, seed: int) -> TrainConfig:
-    """Training settings of the demo: the default generator and recipe, a half-width discriminator, a time budget."""
+def demo_config(output_dir: Path, pairs_dir: Path, minutes: float | None, seed: int, steps: int | None = None) -> TrainConfig:
+    """Training settings of the demo: the default generator and recipe, a half-width discriminator, and a
+    budget of ``minutes`` or ``steps`` (whichever ends first; a step budget does not depend on the speed or load of the machine)."""
     return TrainConfig(
         output_dir=output_dir / "run",
         data=DataConfig(pairs_dir=pairs_dir, patch_size=128, batch_size=8, val_fraction=0.2, test_fraction=0.2),
         discriminator=DEMO_DISCRIMINATOR,
-        trainer=TrainerConfig(max_steps=None, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
+        trainer=TrainerConfig(max_steps=steps, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
         provenance=ProvenanceConfig(**dict(zip(("lq_system", "hq_system"), systems(SimulationParams()), strict=True))),
     )
 
 
 def run_demo(
     output_dir: str | os.PathLike = "demo-output",
-    minutes: float = 5.0,
+    minutes: float | None = 5.0,
     n_fields: int = 10,
     seed: int = 0,
     progress: StageProgress | None = None,
+    steps: int | None = None,
 ) -> DemoResult:
-    """Run the chain end to end and write ``metrics.json`` and ``figure.png`` into ``output_dir``."""
+    """Run the chain end to end and write ``metrics.json`` and ``figure.png`` into ``output_dir``
+    (training for ``minutes`` or ``steps``, whichever ends first)."""
     start = time.perf_counter()
     out = Path(output_dir)
     report = progress or (lambda stage, done, total: None)
@@ -72,7 +75,7 @@ def run_demo(
 
     report("train", 0, 1)
     shutil.rmtree(out / "run", ignore_errors=True)  # the demo always trains afresh
-    result = fit(demo_config(out, pairs_dir, minutes, seed))
+    result = fit(demo_config(out, pairs_dir, minutes, seed, steps))
     report("train", 1, 1)
 
     test_names = {p.name for p in read_split(result.output_dir / "split.json")["test"]}
