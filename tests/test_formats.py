@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from confocalize.cli import main
+from confocalize.chunked import enhance_to_zarr
 from confocalize.config import GeneratorConfig, NormalizationConfig
 from confocalize.errors import ConfocalizeError
 from confocalize.io import MetadataWarning, image_stem, list_images, read_image
 from confocalize.lazyio import open_lazy
 from confocalize.package import ModelPackage, build_generator, save_package
-from confocalize.predict import enhance_files
+from confocalize.predict import enhance_files, enhance_image
 
 PX, DZ = 0.11, 0.35  # µm
 
@@ -35,6 +36,13 @@ def write_czi(path: Path, data: np.ndarray, scale: tuple[float, float, float] = 
         metres = {f"scale_{ax}": size * 1e-6 for ax, size in zip("xyz", scale, strict=True)}  # CZI stores metres, as ZEN writes them
         doc.write_metadata(document_name=path.stem, channel_names={c: f"ch{c}" for c in range(data.shape[1])}, **metres)
     return path
+
+
+def tiny_package() -> ModelPackage:
+    """A depth-2 U-Net with 4 base channels, untrained."""
+    tiny = GeneratorConfig(depth=2, base_channels=4, residual=False)
+    torch.manual_seed(0)
+    return ModelPackage(build_generator(tiny), tiny, NormalizationConfig())
 
 
 def one_line_error(path: Path, match: str) -> str:
@@ -107,8 +115,7 @@ def test_foreign_bytes_are_a_one_line_error(tmp_path, capsys, suffix, module):
     garbage = tmp_path / f"garbage{suffix}"
     garbage.write_bytes(b"ZISRAWFILE" + bytes(600))
     one_line_error(garbage, f"not a readable {suffix[1:].upper()} file")
-    tiny = GeneratorConfig(depth=2, base_channels=4, residual=False)
-    model = save_package(ModelPackage(build_generator(tiny), tiny, NormalizationConfig()), tmp_path / "model")
+    model = save_package(tiny_package(), tmp_path / "model")
     assert main(["enhance", str(model), str(garbage), "-o", str(tmp_path / "out"), "--backend", "torch"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("confocalize: error:") and str(garbage) in " ".join(err.split()) and "reader attempt" not in err
@@ -123,10 +130,17 @@ def test_cut_czi_is_a_one_line_error(tmp_path, rng):
 
 def test_enhance_writes_an_ome_tiff_with_the_czi_pixel_size(tmp_path, rng):
     path = write_czi(tmp_path / "cells.czi", rng.integers(0, 4000, (1, 1, 1, 32, 32), dtype=np.uint16))
-    tiny = GeneratorConfig(depth=2, base_channels=4, residual=False)
-    torch.manual_seed(0)
-    package = ModelPackage(build_generator(tiny), tiny, NormalizationConfig())
-    (output,) = enhance_files(package, [path], tmp_path / "out", backend="torch")
+    (output,) = enhance_files(tiny_package(), [path], tmp_path / "out", backend="torch")
     assert output.name == "cells.ome.tif"
     enhanced = read_image(output)
     assert enhanced.axes == "YX" and enhanced.data.shape == (32, 32) and enhanced.pixel_size == pytest.approx(PX)
+
+
+def test_chunked_enhance_of_a_czi_equals_the_in_memory_one(tmp_path, rng):
+    path = write_czi(tmp_path / "stack.czi", rng.integers(0, 4000, (1, 1, 2, 40, 48), dtype=np.uint16))
+    package = tiny_package()
+    (output,) = enhance_to_zarr(package, [path], tmp_path / "out", tile=32, chunk=16, backend="torch")
+    chunked = open_lazy(output)
+    assert output.name == "stack.ome.zarr" and chunked.axes == "ZYX" and chunked.z_step == pytest.approx(DZ)
+    expected = enhance_image(package, read_image(path), tile=32, backend="torch").data
+    np.testing.assert_allclose(chunked.data.compute(), expected, atol=1e-5)
