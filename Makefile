@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,formats]"  # formats: the CZI tests run (about 20 s more)
 	touch $@
 
 demo: $(STAMP)

@@ -233,7 +233,7 @@ def enhance_to_zarr(
     progress: Progress | None = None,
     backend: Backend = "auto",
 ) -> list[Path]:
-    """Enhance TIFF and (OME-)Zarr images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
+    """Enhance TIFF, (OME-)Zarr and CZI/ND2/LIF images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
 
     With a ``dask.distributed`` ``client`` every file's chunks run on its workers, all files at once;
     without, in this process one row of chunks at a time (memory: see the module docstring). Outputs

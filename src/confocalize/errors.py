@@ -1,4 +1,4 @@
-"""The project's own error type: a user error with a one-line, actionable message."""
+"""The project's own error type (a user error with a one-line, actionable message) and its metadata warning."""
 
 from __future__ import annotations
 
@@ -15,3 +15,7 @@ class ConfocalizeError(Exception):
 
 class RegistrationError(ConfocalizeError):
     """A pair of images could not be registered with enough confidence to be used."""
+
+
+class MetadataWarning(UserWarning):
+    """A file's metadata was read only in part (e.g. a resolution tag without a usable unit)."""

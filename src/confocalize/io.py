@@ -23,22 +23,19 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from confocalize.errors import ConfocalizeError
+from confocalize.errors import ConfocalizeError, MetadataWarning
+from confocalize.formats import BIOIO_SUFFIXES, read_bioio
 
 AXES = ("YX", "ZYX", "CYX", "CZYX")
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES
+IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES + BIOIO_SUFFIXES  # the last need confocalize[formats] (confocalize.formats)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.float32, np.float64)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 MAX_MAGNITUDE = 1e38  # larger values overflow the float32 arithmetic of normalisation and networks
 _TIFF_DAMAGE = re.compile(r"invalid .*offset|truncat|failed to read|unexpected end", re.IGNORECASE)  # in tifffile's warnings
 _MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
-
-
-class MetadataWarning(UserWarning):
-    """A file's metadata was read only in part (e.g. a resolution tag without a usable unit)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ def check_pixel_size(value: float | None, what: str) -> float | None:
 
 
 def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: float | None = None) -> Image:
-    """Read a TIFF/OME-TIFF/PNG/JPEG file as an :class:`Image`.
+    """Read a TIFF/OME-TIFF/PNG/JPEG file, or with ``confocalize[formats]`` a CZI/ND2/LIF file, as an :class:`Image`.
 
     ``axes`` overrides the axes found in the file; ``pixel_size`` (µm) overrides or supplies the
     in-plane pixel size. Raises :class:`ConfocalizeError` with a one-line message for a missing,
@@ -97,6 +94,9 @@ def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: flo
         data, file_axes, file_px, z_step = _read_tiff(path)
     elif path.suffix.lower() in OTHER_SUFFIXES:
         data, file_axes, file_px, z_step = _read_pillow(path)
+    elif path.suffix.lower() in BIOIO_SUFFIXES:
+        data, file_axes, file_px, z_step = read_bioio(path)
+        data, file_axes = canonical_axes(data, file_axes)
     else:
         raise ConfocalizeError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(IMAGE_SUFFIXES)}")
     data = _check_data(path, data)

@@ -1,4 +1,4 @@
-"""Images larger than memory: lazy reading of TIFF and (OME-)Zarr as dask arrays, OME-Zarr writing.
+"""Images larger than memory: lazy reading of TIFF, (OME-)Zarr and CZI/ND2/LIF as dask arrays, OME-Zarr writing.
 
 :func:`open_lazy` returns an :class:`~confocalize.io.Image` whose ``data`` is a dask array in the
 project's axes (YX, ZYX, CYX, CZYX) and reads nothing but metadata. Each chunk is read when a task
@@ -9,6 +9,9 @@ needs it, by path, so the array can be sent to dask workers:
   Zarr view, strip by strip or tile by tile.
 * Zarr and OME-Zarr: OME-Zarr images (NGFF 0.4 or 0.5) by the first dataset their ``multiscales``
   metadata lists, with axes and pixel size from it; a plain Zarr array with ``axes`` given (or 2D).
+* CZI, ND2 and LIF with ``confocalize[formats]`` (:func:`confocalize.formats.open_bioio`): the
+  chunks of the file's bioio reader, one whole plane each for these formats, so a plane must fit
+  in memory; planes and channels are read one by one.
 
 :func:`create_ome_zarr` makes a one-resolution OME-Zarr (NGFF 0.5, metadata via ``ome-zarr``)
 with axes, pixel size and z step, whose array the caller fills chunk by chunk. Nothing here checks
@@ -29,6 +32,7 @@ import tifffile
 import zarr
 
 from confocalize.errors import ConfocalizeError
+from confocalize.formats import BIOIO_SUFFIXES, open_bioio
 from confocalize.io import (
     SUPPORTED_DTYPES,
     TIFF_SUFFIXES,
@@ -51,7 +55,7 @@ def is_zarr(path: Path) -> bool:
 
 
 def open_lazy(path: str | os.PathLike, axes: str | None = None, pixel_size: float | None = None, chunk: int = 2048) -> Image:
-    """Open a TIFF or (OME-)Zarr image as a lazy :class:`Image` (dask data, ``chunk`` x ``chunk`` pixel chunks per plane).
+    """Open a TIFF, (OME-)Zarr or CZI/ND2/LIF image as a lazy :class:`Image` (dask data; TIFF and Zarr in ``chunk`` x ``chunk`` pixel chunks per plane).
 
     ``axes`` overrides the file's axes and ``pixel_size`` (µm) its pixel size, as in :func:`confocalize.io.read_image`.
     """
@@ -62,8 +66,10 @@ def open_lazy(path: str | os.PathLike, axes: str | None = None, pixel_size: floa
         data, file_axes, px, z_step = _open_zarr(path, axes, chunk)
     elif path.suffix.lower() in TIFF_SUFFIXES:
         data, file_axes, px, z_step = _open_tiff(path, chunk)
+    elif path.suffix.lower() in BIOIO_SUFFIXES:
+        data, file_axes, px, z_step = open_bioio(path)  # the reader's chunks: whole planes
     else:
-        raise ConfocalizeError(f"{path}: not a TIFF or Zarr image; chunked enhance reads .tif, .ome.tif, .zarr and .ome.zarr")
+        raise ConfocalizeError(f"{path}: not a TIFF or Zarr image, nor {'/'.join(BIOIO_SUFFIXES)}; chunked enhance reads .tif, .ome.tif, .zarr, .ome.zarr and those")
     if data.dtype.type not in SUPPORTED_DTYPES:
         raise ConfocalizeError(f"{path}: pixel type {data.dtype} is not supported; save as 8/16/32-bit integer or 32-bit float")
     data, file_axes = canonical_axes(data, file_axes)
