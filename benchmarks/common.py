@@ -35,7 +35,7 @@ DEFAULT = "default"
 OLD_DEFAULT = "old_default"
 REFERENCE = "reference"
 GENERATORS: dict[str, GeneratorConfig] = {
-    DEFAULT: GeneratorConfig(), OLD_DEFAULT: GeneratorConfig(depth=4, base_channels=32), REFERENCE: REFERENCE_GENERATOR,
+    DEFAULT: GeneratorConfig(), OLD_DEFAULT: GeneratorConfig(depth=4, base_channels=32, residual=False), REFERENCE: REFERENCE_GENERATOR,
 }  # fmt: skip
 _default = GENERATORS[DEFAULT]
 LABELS = {

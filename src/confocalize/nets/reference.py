@@ -21,7 +21,7 @@ from torch import nn
 from confocalize.config import GeneratorConfig
 from confocalize.nets.unet import pad_to_multiple
 
-REFERENCE_GENERATOR = GeneratorConfig(depth=8, base_channels=64, max_channels=512, norm="batch", dropout=0.5)
+REFERENCE_GENERATOR = GeneratorConfig(depth=8, base_channels=64, max_channels=512, norm="batch", dropout=0.5, residual=False)
 DROPOUT_BLOCKS = 3  # up blocks below the innermost one with dropout (num_downs - 5 in unet_256)
 
 
