@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from napari.components import ViewerModel
 from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QVBoxLayout, QWidget
 
@@ -17,6 +18,8 @@ from confocalize.io import Image
 from confocalize.napari.layers import LayerChoice, add_image, layer_image
 from confocalize.napari.tasks import TaskPanel
 from confocalize.register import Registration, register_pair
+
+OVERLAY_PERCENTILES = (1.0, 99.8)  # the registered HQ's display range: sparse sharp structure stays visible
 
 
 def quality_line(quality: dict[str, Any]) -> str:
@@ -73,7 +76,9 @@ class RegisterWidget(QWidget):
 
         def done(registration: Registration) -> None:
             registered = Image(registration.hq_on_lq, registration.axes)
-            add_image(self.viewer, registered, lq_layer, f"{hq_layer.name} on {lq_layer.name}", colormap="green", blending="additive")
+            limits = tuple(np.percentile(registered.data, OVERLAY_PERCENTILES))  # as register's overlays scale it
+            add_image(self.viewer, registered, lq_layer, f"{hq_layer.name} on {lq_layer.name}", colormap="green", blending="additive",
+                      contrast_limits=limits)  # fmt: skip
             lq_layer.colormap, lq_layer.blending = "magenta", "additive"
             self.task.status.setText(f"registered: {quality_line(registration.quality)}")
 
