@@ -17,7 +17,7 @@ from torch import nn
 from confocalize import engine
 from confocalize.chunked import GeneratorWeights, enhance_lazy
 from confocalize.cli import main
-from confocalize.engine import BackendWarning, OnnxRunner, TorchRunner, make_runner, onnx_graph
+from confocalize.engine import BackendWarning, ObservedRunner, OnnxRunner, TorchRunner, make_runner, onnx_graph
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, read_image, write_image
 from confocalize.lazyio import open_lazy
@@ -205,3 +205,23 @@ def test_a_model_that_does_not_export(package: ModelPackage, monkeypatch: pytest
 def test_an_unknown_backend_is_a_user_error(package: ModelPackage) -> None:
     with pytest.raises(ConfocalizeError, match="backend 'tensorrt' is not known; use one of auto, torch, onnxruntime"):
         make_runner(package, "tensorrt")  # type: ignore[arg-type]
+
+
+def test_an_observed_runner_counts_tiles_and_can_abandon_the_work(package: ModelPackage, rng: np.random.Generator) -> None:
+    x = rng.random((1, 96, 80)).astype(np.float32)
+    seen: list[int] = []
+    observed = ObservedRunner(TorchRunner(package.generator), seen.append)
+    out = predict_array(package.generator, x, tile=64, batch_size=2, runner=observed)
+    np.testing.assert_array_equal(out, predict_array(package.generator, x, tile=64, batch_size=2))
+    assert observed.name == "torch" and seen[-1] == observed.done > 2 and seen == sorted(seen)
+
+    def stop(done: int) -> None:
+        raise RuntimeError("cancelled")  # as a cancel button's callback does
+
+    package.generator.train()
+    try:
+        with pytest.raises(RuntimeError, match="cancelled"):
+            predict_array(package.generator, x, tile=64, runner=ObservedRunner(TorchRunner(package.generator), stop))
+        assert package.generator.training  # the inner session closed and restored the training flag
+    finally:
+        package.generator.eval()

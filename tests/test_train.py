@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from skimage.metrics import structural_similarity
 
 from confocalize.config import TrainConfig, parse_config
 from confocalize.errors import ConfocalizeError
+from confocalize.guards import StopRequest
 from confocalize.io import write_image
 from confocalize.package import load_package
 from confocalize.train import fit, ssim_torch
@@ -151,3 +153,12 @@ def test_torch_ssim_matches_scikit_image() -> None:
 def test_fit_needs_validation_fields(tmp_path: Path) -> None:
     with pytest.raises(ConfocalizeError, match="val_fraction"):
         fit(tiny_config(tmp_path, "run", data={"val_fraction": 0.0}))
+
+
+def test_a_stop_request_ends_the_run_after_the_current_step_and_exports(tmp_path: Path) -> None:
+    write_tiny_pairs(tmp_path)
+    stop = threading.Event()
+    stop.set()  # pressed before the first step ends
+    result = fit(tiny_config(tmp_path, "stopped", trainer={"max_steps": 50}), callbacks=[StopRequest(stop)])
+    assert result.steps == 1
+    assert load_package(result.model_dir).metrics["val"]["ssim"] == pytest.approx(result.best_val["ssim"])

@@ -8,6 +8,7 @@ blending, streaming, dask chunks and batch sidecars are therefore the same whate
 * :class:`OnnxRunner`: ONNX Runtime's CPU execution provider on the generator's ONNX graph (the graph
   ``confocalize export --onnx`` writes, :func:`onnx_program`). Its results equal PyTorch's to about
   1e-6 (tested to 1e-4), and it is faster than PyTorch on CPUs (``benchmarks/speed.py`` times both).
+* :class:`ObservedRunner`: either of them, reporting each batch of tiles (progress and cancel in the napari plugin).
 
 The ONNX graph takes seconds to build, so :func:`onnx_graph` builds it once per package: it keeps
 the last few in memory and stores them in a user cache folder (:func:`cache_dir`) as
@@ -100,6 +101,37 @@ class TorchRunner:
                 yield forward
         finally:
             generator.train(was_training)
+
+
+@dataclass
+class ObservedRunner:
+    """Another runner, with ``observe(tiles_done)`` called after every batch: progress for a GUI or a notebook.
+
+    ``observe`` may raise to abandon the computation (a cancel button): the exception leaves
+    :func:`confocalize.predict.predict_array` and everything above it, and the inner runner's session closes.
+    """
+
+    inner: Runner
+    observe: Callable[[int], None]
+    done: int = 0  # tiles computed so far, over all sessions
+
+    @property
+    def name(self) -> str:
+        """The inner runner's name."""
+        return self.inner.name
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Forward]:
+        """The inner session's ``forward``, counting tiles and calling ``observe`` after each batch."""
+        with self.inner.session() as forward:
+
+            def observed(tiles: np.ndarray) -> np.ndarray:
+                outputs = forward(tiles)
+                self.done += len(tiles)
+                self.observe(self.done)
+                return outputs
+
+            yield observed
 
 
 class OnnxRunner:

@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -288,11 +288,15 @@ class PairsData(L.LightningDataModule):
         return DataLoader(crops, batch_size=1, num_workers=self.cfg.data.num_workers)
 
 
-def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None = None) -> TrainResult:
+def fit(
+    config: TrainConfig, resume: Path | None = None, progress: bool | None = None, callbacks: Sequence[Callback] = ()
+) -> TrainResult:
     """Train a model as ``config`` says; write the run folder (see the module docstring).
 
     ``resume`` is a checkpoint (or a run folder, meaning its ``checkpoints/last.ckpt``) to continue
-    from, up to the same ``max_steps``. ``progress`` overrides ``trainer.progress_bar``.
+    from, up to the same ``max_steps``. ``progress`` overrides ``trainer.progress_bar``. ``callbacks``
+    are added to the Trainer's (e.g. :class:`confocalize.training_log.TrainingLog` into a GUI,
+    :class:`confocalize.guards.StopRequest`).
     """
     start = time.monotonic()
     parent = None
@@ -320,7 +324,7 @@ def fit(config: TrainConfig, resume: Path | None = None, progress: bool | None =
     if parent is not None and ckpt_path is None:  # a resumed run has its weights in the checkpoint
         module.generator.load_state_dict(parent.generator.state_dict())
     with _quiet_lightning():
-        trainer = _trainer(config, module.n_optimizers, progress)
+        trainer = _trainer(config, module.n_optimizers, progress, callbacks)
         if trainer.is_global_zero:
             dump_config(config, out / "config.yaml")
             write_split(out / "split.json", split)
@@ -384,7 +388,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L.Trainer:
+def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None, extra: Sequence[Callback] = ()) -> L.Trainer:
     """A Trainer whose step, validation, time limits and checkpoints follow ``config.trainer``."""
     t = config.trainer
     folder = Path(config.output_dir) / "checkpoints"
@@ -414,7 +418,7 @@ def _trainer(config: TrainConfig, n_optimizers: int, progress: bool | None) -> L
         sync_batchnorm=_on_gpu(t),  # BatchNorm statistics over all processes; torch syncs them on GPUs only
         logger=_loggers(Path(config.output_dir) / "logs"),
         callbacks=[_timer(t), *training_guards(t, folder / LAST, n_optimizers), best, last]
-        + _progress_callbacks(show_progress, t.max_steps),
+        + _progress_callbacks(show_progress, t.max_steps) + list(extra),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=config.output_dir,
     )
