@@ -27,7 +27,7 @@ from confocalize.predict import enhance_files, enhance_image, movie_normalizatio
 from confocalize.register import point_rms, register_pair, synthetic_pair
 from confocalize.simulate import SimulationParams, simulate
 
-TINY = GeneratorConfig(depth=2, base_channels=4, residual=False)
+TINY = GeneratorConfig(depth=2, base_channels=4, residual=False)  # run on PyTorch here: no ONNX graph to build
 SIM = dict(size=48, z_range=2.0, z_step=0.5, margin=0.5, n_cells=(2, 2))  # as test_simulate's: a fraction of a second
 
 
@@ -78,30 +78,30 @@ def test_enhance_streams_a_movie_frame_by_frame_with_one_normalisation(tmp_path:
     movie = _movie(rng)
     path = write_image(tmp_path / "movie.ome.tif", movie, "TYX", pixel_size=0.1, time_increment=1.5)
     calls: list[tuple[int, int]] = []
-    enhance_files(package, [path], tmp_path / "out", progress=lambda done, total: calls.append((done, total)))
+    enhance_files(package, [path], tmp_path / "out", progress=lambda done, total: calls.append((done, total)), backend="torch")
     out = read_image(tmp_path / "out" / "movie.ome.tif")
     assert out.axes == "TYX" and out.data.shape == movie.shape
     assert (out.pixel_size, out.time_increment) == (pytest.approx(0.1), 1.5)
     assert calls == [(1, 3), (2, 3), (3, 3)]  # progress per frame
-    whole = enhance_image(package, read_image(path))  # in memory, all frames at once: the same numbers
+    whole = enhance_image(package, read_image(path), backend="torch")  # in memory, all frames at once: the same numbers
     assert whole.axes == "TYX" and whole.time_increment == 1.5
     np.testing.assert_allclose(out.data, whole.data, atol=1e-5)
     frame = Image(movie[1], "YX", 0.1)
-    alone = enhance_image(package, frame, normalizations=movie_normalizations(package, read_image(path)))
+    alone = enhance_image(package, frame, backend="torch", normalizations=movie_normalizations(package, read_image(path)))
     np.testing.assert_allclose(out.data[1], alone.data, atol=1e-5)
     # one normalisation for the movie: a brighter frame stays brighter (each frame normalised alone would look alike)
-    per_frame = [enhance_image(package, Image(f, "YX", 0.1)).data for f in movie]
+    per_frame = [enhance_image(package, Image(f, "YX", 0.1), backend="torch").data for f in movie]
     assert np.abs(per_frame[2] - per_frame[0]).mean() < 0.1 * np.abs(out.data[2] - out.data[0]).mean()
 
 
 def test_cli_enhances_a_movie_and_refuses_uncertainty_on_it(tmp_path: Path, rng: np.random.Generator, capsys) -> None:
     model = save_package(_package(), tmp_path / "model")
     path = write_image(tmp_path / "movie.tif", _movie(rng, frames=2), "TYX", time_increment=0.5)
-    assert main(["enhance", str(model), str(path), "-o", str(tmp_path / "out"), "--dtype", "uint16"]) == 0
+    assert main(["enhance", str(model), str(path), "-o", str(tmp_path / "out"), "--dtype", "uint16", "--backend", "torch"]) == 0
     out = read_image(tmp_path / "out" / "movie.ome.tif")
     assert out.axes == "TYX" and out.data.dtype == np.uint16 and out.time_increment == 0.5
     capsys.readouterr()
-    code = main(["enhance", str(model), str(path), "-o", str(tmp_path / "unc"), "--uncertainty"])
+    code = main(["enhance", str(model), str(path), "-o", str(tmp_path / "unc"), "--uncertainty", "--backend", "torch"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Traceback" not in err and "time-lapse" in err and "one time point per file" in err
 
@@ -111,10 +111,10 @@ def test_chunked_enhance_of_a_movie_into_ome_zarr(tmp_path: Path, rng: np.random
 
     package = _package()
     path = write_image(tmp_path / "movie.ome.tif", _movie(rng), "TYX", pixel_size=0.1, time_increment=2.0)
-    (target,) = enhance_to_zarr(package, [path], tmp_path / "zarr", chunk=16)
+    (target,) = enhance_to_zarr(package, [path], tmp_path / "zarr", chunk=16, backend="torch")
     out = open_lazy(target)
     assert out.axes == "TYX" and out.time_increment == 2.0 and out.pixel_size == pytest.approx(0.1)
-    np.testing.assert_allclose(np.asarray(out.data), enhance_image(package, read_image(path)).data, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out.data), enhance_image(package, read_image(path), backend="torch").data, atol=1e-4)
 
 
 def test_evaluate_scores_each_frame_and_the_movie_by_its_median(tmp_path: Path, rng: np.random.Generator) -> None:
