@@ -165,7 +165,7 @@ def test_a_model_with_nan_weights_is_refused_rather_than_writing_garbage(tmp_pat
 @pytest.mark.parametrize(
     ("options", "needles"),
     [
-        (["--axes", "TYX"], ["axes 'TYX' are not supported"]),
+        (["--axes", "XYZ"], ["axes 'XYZ' are not supported"]),
         (["--axes", "YX"], ["do not fit an array of shape (3, 16, 16)"]),  # a z-stack called a plane
         (["--pixel-size", "0"], ["not positive"]),
         (["--pixel-size", "-0.1"], ["not positive"]),

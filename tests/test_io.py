@@ -97,7 +97,7 @@ def test_wrong_axes_and_pixel_size_are_refused(tmp_path):
     with pytest.raises(ConfocalizeError, match="do not fit"):
         read_image(tmp_path / "x.tif", axes="YX")
     with pytest.raises(ConfocalizeError, match="not supported"):
-        read_image(tmp_path / "x.tif", axes="TYX")
+        read_image(tmp_path / "x.tif", axes="XYZ")
     with pytest.raises(ConfocalizeError, match="not positive"):
         read_image(tmp_path / "x.tif", pixel_size=-1)
 

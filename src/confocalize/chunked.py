@@ -15,7 +15,8 @@ task is one forward pass and the work is that of predict_array's own tiling.
 
 Normalisation is enhance_image's: each channel over its whole stack, with the percentiles of
 :func:`~confocalize.normalize.percentile_sample` (exact up to about a million values, a regular
-subsample beyond), computed in a first pass over the data.
+subsample beyond), computed in a first pass over the data. A time-lapse is a graph per frame, all frames with the
+normalisation of the whole movie; its Zarr output keeps the time increment.
 
 Workers get the generator as :class:`GeneratorWeights` (settings, safetensors bytes and, for the ONNX
 Runtime backend, the ONNX graph built once here; sent once per worker), never as a pickled module;
@@ -67,7 +68,7 @@ from confocalize.predict import (
     default_halo,
     predict_array,
 )
-from confocalize.stacks import as_czyx, model_groups, network_input
+from confocalize.stacks import as_czyx, channel_views, model_groups, network_input
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -121,7 +122,7 @@ def channel_normalizations(
 
     One dask pass over all images, on ``scheduler`` (dask's current one by default).
     """
-    samples = [[percentile_sample(c, window=norm.input_window) for c in as_czyx(_lazy(im.data), im.axes)] for im in images]
+    samples = [[percentile_sample(c, window=norm.input_window) for c in channel_views(_lazy(im.data), im.axes)] for im in images]
     (computed,) = dask.compute(samples, scheduler=scheduler)
     return [[percentile_normalization(s, norm.low, norm.high) for s in per_image] for per_image in computed]
 
@@ -151,6 +152,13 @@ def enhance_lazy(
     where = str(image.path) if image.path is not None else "image"
     if image.data.shape[-1] < 2 or image.data.shape[-2] < 2:
         raise ConfocalizeError(f"{where}: image of shape {image.data.shape} is too small; need at least 2x2 pixels")
+    if image.axes.startswith("T"):  # frame by frame, one normalisation per channel over the movie
+        if normalizations is None:
+            normalizations = channel_normalizations([image], package.normalization)[0]
+        movie = _lazy(image.data)
+        enhanced = [enhance_lazy(package, image.with_data(movie[t], image.axes[1:]), tile, chunk, batch_size, normalizations, backend)
+                    for t in range(movie.shape[0])]  # fmt: skip
+        return image.with_data(da.stack([f.data for f in enhanced]), "T" + enhanced[0].axes)
     czyx = as_czyx(_lazy(image.data), image.axes)
     groups = model_groups(czyx.shape[0], package.in_channels, package.context_slices, where)
     check_fit(package, image)

@@ -82,10 +82,12 @@ def _print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
 def cmd_simulate(args: argparse.Namespace) -> None:
     from confocalize.simulate import SimulationParams, simulate
 
-    params = SimulationParams(size=args.size) if args.size else SimulationParams()
+    movie = {"drift": tuple(args.drift), "bleaching": args.bleaching} if args.frames > 1 else {}
+    params = SimulationParams(**({"size": args.size} if args.size else {}), **movie)
     with progress_bar("simulate") as bar:
-        simulate(args.output, n_fields=args.fields, params=params, seed=args.seed, progress=bar)
-    out.print(f"wrote {args.fields} wide-field/confocal pairs and truth.json to {args.output}")
+        simulate(args.output, n_fields=args.fields, params=params, seed=args.seed, progress=bar, frames=args.frames)
+    what = f"time-lapse pairs of {args.frames} frames" if args.frames > 1 else "pairs"
+    out.print(f"wrote {args.fields} wide-field/confocal {what} and truth.json to {args.output}")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -293,6 +295,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         result = evaluate_model(package, pairs, args.output, lq_pixel_size=args.lq_pixel_size, progress=bar,
                                 uncertainty=args.uncertainty)  # fmt: skip
     _print_metrics(result, f"median over {result['n_images']} held-out images")
+    if "per_frame" in result:
+        rows = [[r["name"], *(f"{r[f'{m}_vs_hq'][k]:{f}}" for k, f in (("psnr", ".2f"), ("ssim", ".3f")) for m in ("lq", "generated"))]
+                for r in result["per_frame"]]  # fmt: skip
+        _print_rows("time-lapses frame by frame (a movie's score above is the median over its frames)",
+                    ["frame", "LQ PSNR", "generated PSNR", "LQ SSIM", "generated SSIM"], rows)  # fmt: skip
     if "uncertainty" in result:
         block = result["uncertainty"]
         rows = [[r["name"], f"{r['spearman']:.3f}", f"{r['median_uncertainty']:.4f}", f"{r['rms_error']:.4f}"] for r in block["per_image"]]
@@ -352,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", type=int, default=8, help="fields of view (default 8)")
     p.add_argument("--size", type=int, help="LQ image edge in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=1, help="time points per field: >1 writes time-lapses (TYX)")
+    p.add_argument("--drift", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
+                   help="with --frames: sample motion per frame in µm (default 0 0: a static sample)")
+    p.add_argument("--bleaching", type=float, default=0.01, help="with --frames: fraction of fluorescence lost per frame (default 0.01)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("register", help="register LQ/HQ pairs from two microscopes into a pairs folder")
@@ -393,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--dtype", choices=["float32", "uint16"], default="float32")
     p.add_argument("--pixel-size", type=float, help="µm, for inputs without metadata")
-    p.add_argument("--axes", help="override the axes of the inputs (YX, ZYX, CYX, CZYX)")
+    p.add_argument("--axes", help="override the axes of the inputs (YX, ZYX, CYX, CZYX; a leading T for a time-lapse, e.g. TYX)")
     p.add_argument("--tile", type=int, default=1024, help="tile edge in pixels, halo included (memory vs speed)")
     p.add_argument(
         "--backend", choices=["auto", "torch", "onnxruntime"], default="auto",

@@ -73,7 +73,7 @@ def gaussian_psf(sigma_px: float) -> np.ndarray:
 def read_psf(path: str | os.PathLike) -> np.ndarray:
     """A PSF image (YX, or ZYX whose brightest plane is taken) normalised to sum 1."""
     image = read_image(path)
-    if "C" in image.axes:
+    if image.axes not in ("YX", "ZYX"):
         raise ConfocalizeError(f"{path}: a PSF has one channel, this file has axes {image.axes}; give a YX or ZYX PSF")
     psf = np.asarray(image.data, dtype=np.float64)
     if psf.ndim == 3:

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from confocalize.config import DataConfig, NormalizationConfig
 from confocalize.errors import ConfocalizeError
-from confocalize.io import Image, read_image, write_json
+from confocalize.io import Image, read_image, refuse_time_lapse, write_json
 from confocalize.normalize import sampled_normalization
 from confocalize.pairs import PairPaths
 from confocalize.stacks import as_czyx, data_groups, network_input
@@ -64,6 +64,8 @@ def load_pairs(pairs: Sequence[PairPaths], cfg: DataConfig) -> list[PairImages]:
 def _load_pair(pair: PairPaths, cfg: DataConfig) -> list[PairImages]:
     lq = read_image(pair.lq, pixel_size=cfg.lq_pixel_size)
     hq = read_image(pair.hq)
+    for image in (lq, hq):
+        refuse_time_lapse(image, "train (training takes single time points)")
     if lq.axes != hq.axes or lq.data.shape != hq.data.shape:
         raise ConfocalizeError(
             f"{pair.lq} ({lq.axes} {lq.data.shape}) and {pair.hq} ({hq.axes} {hq.data.shape}): LQ and HQ differ in shape; "

@@ -4,16 +4,19 @@ Every number comes from :func:`confocalize.metrics.compare` (each image percenti
 its own, ``data_range=1``), plain and after the affine intensity match. A multi-plane image (a
 stack, or several channels) is compared plane by plane (each plane a 2D image): its per-stack score
 is the mean over its planes, and the per-slice scores go to ``metrics_slices.csv``; medians are
-taken over images. Written into the output folder, each file atomically:
+taken over images. A time-lapse scores each frame so (the mean over the frame's planes), and the
+movie's score is the median over its frames. Written into the output folder, each file atomically:
 
 * ``metrics.json``: ``median``, ``median_affine`` (``{"lq_vs_hq": {...}, "generated_vs_hq": {...}}``),
   ``relative_change`` (generated vs LQ, plain medians), ``per_image``, ``normalisation``,
   ``data_range``, ``n_images``. Extra methods (baselines) add ``NAME_vs_hq`` entries beside them.
 * ``metrics.csv``: one row per image, every method, plain and affine.
 * ``metrics_slices.csv`` (only when some image has several planes): the same, one row per plane,
-  named like the training samples (``NAME_c0_z3``).
-* ``figure.png``: one row per field of view (first image of each): methods | HQ | error, and the
-  uncertainty when it was computed.
+  named like the training samples (``NAME_c0_z3``; ``NAME_t2_c0_z3`` in a time-lapse).
+* ``metrics_frames.csv`` (only for time-lapses): one row per frame (``NAME_t2``), also in
+  ``metrics.json`` as ``per_frame`` (each record with its ``frame`` index).
+* ``figure.png``: one row per field of view (first image of each; a time-lapse's first frame):
+  methods | HQ | error, and the uncertainty when it was computed.
 
 With uncertainty maps (``evaluate --uncertainty``), ``metrics.json`` gains ``uncertainty``: per image
 the Spearman correlation of the uncertainty with the absolute error over its pixels (errors in the
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,7 @@ def evaluate_pairs(
     methods = [LQ, *sources]
     per_image: list[dict[str, Any]] = []
     per_slice: list[dict[str, Any]] = []
+    per_frame: list[dict[str, Any]] = []
     panels: list[_Panel] = []
     ranked: list[dict[str, Any]] = []
     for pair in pairs:
@@ -95,8 +99,14 @@ def evaluate_pairs(
         hq = read_image(pair.hq).data
         images = {LQ: lq.data, **{method: _lookup(arrays, pair, method) for method, arrays in sources.items()}}
         plane_scores = {method: _plane_scores(image, hq, pair, method) for method, image in images.items()}
-        scores = {method: _mean_scores(s) for method, s in plane_scores.items()}
+        n_frames = lq.data.shape[0] if lq.axes.startswith("T") else 1
+        frame_scores = {method: [_reduce(f, np.mean) for f in _split(s, n_frames)] for method, s in plane_scores.items()}
+        scores = {method: _reduce(f, np.median) for method, f in frame_scores.items()}  # one frame: its own scores
         per_image.append(_image_record(pair, scores))
+        if n_frames > 1:
+            for t in range(n_frames):
+                record = _image_record(replace(pair, name=f"{pair.name}_t{t}"), {m: f[t] for m, f in frame_scores.items()})
+                per_frame.append({**record, "frame": t})
         for i, label in enumerate(_plane_labels(lq.axes, lq.data.shape)):
             per_slice.append(_image_record(replace(pair, name=pair.name + label), {m: s[i] for m, s in plane_scores.items()}))
         unc = _lookup(uncertainties, pair, "uncertainty") if uncertainties is not None else None
@@ -107,6 +117,8 @@ def evaluate_pairs(
             shown = _middle_plane(unc, lq.axes) if unc is not None else None
             panels.append(_Panel(pair.name, pair.field, planes, _display_plane(hq, lq.axes), scores, lq.pixel_size, shown))
     result = _summary(per_image, methods)
+    if per_frame:
+        result["per_frame"] = per_frame
     if ranked:
         result["uncertainty"] = {"per_image": ranked, "median_spearman": float(np.nanmedian([r["spearman"] for r in ranked]))}
     out = Path(out_dir)
@@ -114,6 +126,8 @@ def evaluate_pairs(
     _write_csv(out / "metrics.csv", per_image, methods)
     if len(per_slice) > len(per_image):
         _write_csv(out / "metrics_slices.csv", per_slice, methods)
+    if per_frame:
+        _write_csv(out / "metrics_frames.csv", per_frame, methods)
     if panels:
         _write_figure(out / "figure.png", panels)
     return result
@@ -151,7 +165,7 @@ def evaluate_model(
         predictions[pair.name] = outputs[""].data
         for suffix, image in outputs.items() if save_generated else ():
             path = Path(out_dir) / "generated" / f"{pair.name}{suffix}.ome.tif"
-            write_image(path, image.data, image.axes, image.pixel_size, image.z_step)
+            write_image(path, image.data, image.axes, image.pixel_size, image.z_step, image.time_increment)
         if progress is not None:
             progress(done, total)
     result = evaluate_pairs(pairs, predictions, out_dir, lq_pixel_size, figure_fields,
@@ -200,17 +214,25 @@ def _plane_scores(image: np.ndarray, hq: np.ndarray, pair: PairPaths, method: st
     return [metrics.compare(p, t) for p, t in zip(_planes(image), _planes(hq))]
 
 
-def _mean_scores(planes: list[Scores]) -> Scores:
-    """The mean over planes of each metric, plain and affine."""
-    return {v: {m: float(np.mean([s[v][m] for s in planes])) for m in metrics.METRIC_NAMES} for v in VARIANTS}
+def _reduce(scores: list[Scores], reduce: Callable[[list[float]], Any]) -> Scores:
+    """Each metric reduced over ``scores`` (planes or frames; ``np.mean``, ``np.median``), plain and affine."""
+    return {v: {m: float(reduce([s[v][m] for s in scores])) for m in metrics.METRIC_NAMES} for v in VARIANTS}
+
+
+def _split(planes: list[Scores], n_frames: int) -> list[list[Scores]]:
+    """The planes of each frame (:func:`_planes` order is frame by frame)."""
+    per_frame = len(planes) // n_frames
+    return [planes[t * per_frame : (t + 1) * per_frame] for t in range(n_frames)]
 
 
 def _plane_labels(axes: str, shape: tuple[int, ...]) -> list[str]:
-    """Name suffixes of the planes in :func:`_planes` order: ``_c0_z0``, ``_c0_z1``, ... (``""`` for a 2D image)."""
-    sizes = {ax: shape[axes.index(ax)] if ax in axes else 0 for ax in "CZ"}
+    """Name suffixes of the planes in :func:`_planes` order: ``_c0_z0``, ``_c0_z1``, ... (``""`` for a 2D image;
+    ``_t0_c0_z0`` ... in a time-lapse)."""
+    sizes = {ax: shape[axes.index(ax)] if ax in axes else 0 for ax in "TCZ"}
+    ts = [f"_t{t}" for t in range(sizes["T"])] or [""]
     cs = [f"_c{c}" for c in range(sizes["C"])] or [""]
     zs = [f"_z{z}" for z in range(sizes["Z"])] or [""]
-    return [c + z for c in cs for z in zs]
+    return [t + c + z for t in ts for c in cs for z in zs]
 
 
 def _planes(data: np.ndarray) -> np.ndarray:
@@ -223,7 +245,9 @@ def _display_plane(data: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _middle_plane(data: np.ndarray, axes: str) -> np.ndarray:
-    """The middle plane of the first channel."""
+    """The middle plane of the first channel (of the first frame of a time-lapse)."""
+    if axes.startswith("T"):
+        data, axes = data[0], axes[1:]
     czyx = as_czyx(data, axes)
     return czyx[0, czyx.shape[1] // 2]
 

@@ -27,7 +27,7 @@ from PIL import Image as PILImage
 from confocalize import __version__
 from confocalize.engine import PadToMultiple, need_module, onnx_program, quiet_torch
 from confocalize.errors import ConfocalizeError
-from confocalize.io import Image, atomic_write, write_image
+from confocalize.io import Image, atomic_write, frames, write_image
 from confocalize.nets import UNet
 from confocalize.normalize import normalize
 from confocalize.package import ModelPackage, package_summary
@@ -112,6 +112,7 @@ def _test_input(package: ModelPackage, sample: Image | None) -> np.ndarray:
     size = -(-max(_min_size(package.generator), MIN_TEST_SIZE) // m) * m
     if sample is None:
         return np.stack([_blobs(size, seed) for seed in range(package.in_channels)])[None]
+    sample = next(frames(sample))  # a time-lapse: its first frame
     czyx = as_czyx(sample.data, sample.axes)
     cyx = czyx[:, czyx.shape[1] // 2]
     if cyx.shape[0] != package.in_channels or min(cyx.shape[1:]) < size:

@@ -1,9 +1,11 @@
 """Reading and writing microscopy images with their axes and pixel size; atomic file writes.
 
 Images cross module boundaries as :class:`Image`: a numpy array, an axes string (one of
-``YX``, ``ZYX``, ``CYX``, ``CZYX``) and the in-plane pixel size in micrometres (``None`` when the
-file does not record it). Every writer in the project goes through :func:`atomic_write` so that a
-crash or a full disk never leaves a half-written file under the final name.
+``YX``, ``ZYX``, ``CYX``, ``CZYX``, each optionally after a leading ``T`` for a time-lapse) and the
+in-plane pixel size in micrometres (``None`` when the file does not record it); a time-lapse also
+carries its time increment in seconds (OME ``TimeIncrement``, ImageJ ``finterval``). Every writer
+in the project goes through :func:`atomic_write` so that a crash or a full disk never leaves a
+half-written file under the final name.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ import tifffile
 from confocalize.errors import ConfocalizeError, MetadataWarning
 from confocalize.formats import BIOIO_SUFFIXES, read_bioio
 
-AXES = ("YX", "ZYX", "CYX", "CZYX")
+FRAME_AXES = ("YX", "ZYX", "CYX", "CZYX")  # one time point
+AXES = (*FRAME_AXES, *(f"T{axes}" for axes in FRAME_AXES))  # a leading T: a time-lapse, one frame after another
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + OTHER_SUFFIXES + BIOIO_SUFFIXES  # the last need confocalize[formats] (confocalize.formats)
@@ -35,6 +38,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 MAX_MAGNITUDE = 1e38  # larger values overflow the float32 arithmetic of normalisation and networks
 _TIFF_DAMAGE = re.compile(r"invalid .*offset|truncat|failed to read|unexpected end", re.IGNORECASE)  # in tifffile's warnings
+_SECONDS_PER_UNIT = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "min": 60.0, "h": 3600.0}
 _MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3, "m": 1e6}
 
 
@@ -47,6 +51,7 @@ class Image:
     pixel_size: float | None = None  # in-plane (x and y) size of one pixel, µm
     z_step: float | None = None  # distance between planes, µm
     path: Path | None = None
+    time_increment: float | None = None  # time between frames of a time-lapse (axes with a leading T), s
 
     @property
     def name(self) -> str:
@@ -90,8 +95,9 @@ def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: flo
         raise ConfocalizeError(f"{path}: is a folder, not an image file; give a .tif/.png file")
     if path.stat().st_size == 0:
         raise ConfocalizeError(f"{path}: file is empty (0 bytes); re-export or re-copy it")
+    time_increment = None
     if path.suffix.lower() in TIFF_SUFFIXES:
-        data, file_axes, file_px, z_step = _read_tiff(path)
+        data, file_axes, file_px, z_step, time_increment = _read_tiff(path)
     elif path.suffix.lower() in OTHER_SUFFIXES:
         data, file_axes, file_px, z_step = _read_pillow(path)
     elif path.suffix.lower() in BIOIO_SUFFIXES:
@@ -102,10 +108,11 @@ def read_image(path: str | os.PathLike, axes: str | None = None, pixel_size: flo
     data = _check_data(path, data)
     final_axes = check_axes(path, data, axes.upper() if axes else file_axes)
     px = check_pixel_size(pixel_size, str(path)) if pixel_size is not None else file_px
-    return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path)
+    dt = time_increment if "T" in final_axes else None
+    return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path, time_increment=dt)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]:
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None, float | None]:
     try:
         with _tifffile_warnings() as warned, tifffile.TiffFile(path) as tif:
             if not tif.series:
@@ -114,6 +121,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]
             data = series.asarray()
             axes = series.axes
             px, z_step = tiff_pixel_size(tif)
+            dt = tiff_time_increment(tif)
     except ConfocalizeError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files
@@ -123,7 +131,58 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None]
     if damage is not None:  # tifffile read what it could of a truncated file: planes or metadata are missing
         raise ConfocalizeError(f"{path}: damaged or truncated TIFF ({damage.splitlines()[0]}); re-export or re-copy it")
     data, axes = canonical_axes(data, axes)
-    return data, axes, px, z_step
+    return data, axes, px, z_step, dt
+
+
+def tiff_time_increment(tif: tifffile.TiffFile) -> float | None:
+    """Seconds between time points from OME-XML (``TimeIncrement``) or ImageJ metadata (``finterval``), if recorded."""
+    if tif.is_ome and tif.ome_metadata:
+        images = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = (images[0] if isinstance(images, list) else images).get("Pixels", {})
+        value, unit = pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s")
+    else:
+        ij = tif.imagej_metadata or {}
+        value, unit = ij.get("finterval"), ij.get("tunit", "s")
+    try:
+        seconds = float(value) * _SECONDS_PER_UNIT[str(unit)]
+    except (TypeError, ValueError, KeyError):  # absent, not a number or an unknown unit: not recorded
+        return None
+    return seconds if np.isfinite(seconds) and seconds > 0 else None
+
+
+def tiff_frames(path: Path) -> int:
+    """How many time points a TIFF's first series holds (1 without a T axis, or for a file tifffile cannot open)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return int(series.shape[series.axes.index("T")]) if "T" in series.axes else 1
+    except Exception:  # noqa: BLE001 - read_image reports unreadable files with their reason
+        return 1
+
+
+def frames(image: Image) -> Iterator[Image]:
+    """Each time point of ``image`` as an :class:`Image` without the T axis (numpy; a lazy movie reads one
+    frame at a time); an image without T is its only frame."""
+    if not image.axes.startswith("T"):
+        yield image
+        return
+    for t in range(image.data.shape[0]):
+        try:
+            data = np.asarray(image.data[t])
+        except (OSError, ValueError, KeyError, IndexError) as exc:  # a lazy movie reads its file here
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfocalizeError(f"{image.path}: time point {t} cannot be read ({reason}); re-export or re-copy it") from None
+        yield replace(image, data=data, axes=image.axes[1:], time_increment=None)
+
+
+def refuse_time_lapse(image: Image, action: str) -> None:
+    """A one-line :class:`ConfocalizeError` if ``image`` is a time-lapse, which ``action`` does not take."""
+    if image.axes.startswith("T"):
+        where = image.path if image.path is not None else "image"
+        raise ConfocalizeError(
+            f"{where}: a time-lapse ({image.axes}, {image.data.shape[0]} time points) cannot be used to {action}; "
+            "give one time point per file"
+        )
 
 
 class _Collect(logging.Handler):
@@ -230,16 +289,16 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str, float | None, float | Non
 
 
 def canonical_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
-    """Bring tifffile's axes to one of YX, ZYX, CYX, CZYX (drop singletons, samples -> C)."""
+    """Bring tifffile's axes to one of :data:`AXES`, in the order TCZYX (drop singletons, samples -> C)."""
     axes = axes.upper().replace("S", "C").replace("Q", "Z").replace("I", "Z")
     for ax in "TCZ":  # squeeze singleton non-spatial axes
         if axes.count(ax) == 1 and data.shape[axes.index(ax)] == 1:
             data = np.squeeze(data, axes.index(ax))
             axes = axes.replace(ax, "")
-    if len(set(axes)) != len(axes) or not set(axes) <= set("CZYX"):
+    if len(set(axes)) != len(axes) or not set(axes) <= set("TCZYX"):
         return data, axes
-    order = [axes.index(ax) for ax in "CZYX" if ax in axes]
-    return np.transpose(data, order), "".join(ax for ax in "CZYX" if ax in axes)
+    order = [axes.index(ax) for ax in "TCZYX" if ax in axes]
+    return np.transpose(data, order), "".join(ax for ax in "TCZYX" if ax in axes)
 
 
 def _check_data(path: Path, data: np.ndarray) -> np.ndarray:
@@ -280,11 +339,48 @@ def write_image(
     axes: str,
     pixel_size: float | None = None,
     z_step: float | None = None,
+    time_increment: float | None = None,
 ) -> Path:
-    """Write ``data`` as (OME-)TIFF with axes and pixel size (µm) in the metadata, atomically."""
+    """Write ``data`` as (OME-)TIFF with axes, pixel size (µm), z step (µm) and time increment (s) in the metadata, atomically."""
+    data = np.ascontiguousarray(data)
+    return _write_tiff(path, data, data.shape, data.dtype, axes, pixel_size, z_step, time_increment)
+
+
+def write_frames(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    shape: Sequence[int],
+    dtype: np.dtype,
+    axes: str,
+    pixel_size: float | None = None,
+    z_step: float | None = None,
+    time_increment: float | None = None,
+) -> Path:
+    """:func:`write_image` of a time-lapse of ``shape`` (axes with a leading T) given frame by frame: one frame in memory."""
+    frame_shape = tuple(shape[1:])
+
+    def checked() -> Iterator[np.ndarray]:
+        for frame in frames:
+            if frame.shape != frame_shape:
+                raise ValueError(f"frame of shape {frame.shape} does not fit a movie of shape {tuple(shape)}")
+            yield np.ascontiguousarray(frame, dtype=dtype)
+
+    return _write_tiff(path, checked(), tuple(shape), np.dtype(dtype), axes, pixel_size, z_step, time_increment)
+
+
+def _write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray | Iterator[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    axes: str,
+    pixel_size: float | None,
+    z_step: float | None,
+    time_increment: float | None,
+) -> Path:
     path = Path(path)
-    if axes not in AXES or len(axes) != data.ndim:
-        raise ValueError(f"axes {axes!r} do not fit data of shape {data.shape}")
+    if axes not in AXES or len(axes) != len(shape):
+        raise ValueError(f"axes {axes!r} do not fit data of shape {shape}")
     if path.suffix.lower() not in TIFF_SUFFIXES:
         raise ConfocalizeError(f"{path}: output must be a .tif or .ome.tif file")
     metadata: dict[str, Any] = {"axes": axes}
@@ -292,10 +388,13 @@ def write_image(
         metadata.update(PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
     if z_step is not None and "Z" in axes:
         metadata.update(PhysicalSizeZ=z_step, PhysicalSizeZUnit="µm")
+    if time_increment is not None and "T" in axes:
+        metadata.update(TimeIncrement=time_increment, TimeIncrementUnit="s")
     # Resolution tags (pixels per cm) for readers that ignore OME-XML, such as plain TIFF viewers.
     resolution = {"resolution": (1e4 / pixel_size, 1e4 / pixel_size), "resolutionunit": "CENTIMETER"} if pixel_size else {}
+    streamed = {} if isinstance(data, np.ndarray) else {"shape": shape, "dtype": dtype}  # an iterator: one frame at a time
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, np.ascontiguousarray(data), ome=True, metadata=metadata, photometric="minisblack", **resolution)
+        tifffile.imwrite(tmp, data, ome=True, metadata=metadata, photometric="minisblack", **resolution, **streamed)
     return path
 
 

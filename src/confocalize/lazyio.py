@@ -1,20 +1,21 @@
 """Images larger than memory: lazy reading of TIFF, (OME-)Zarr and CZI/ND2/LIF as dask arrays, OME-Zarr writing.
 
 :func:`open_lazy` returns an :class:`~confocalize.io.Image` whose ``data`` is a dask array in the
-project's axes (YX, ZYX, CYX, CZYX) and reads nothing but metadata. Each chunk is read when a task
-needs it, by path, so the array can be sent to dask workers:
+project's axes (YX, ZYX, CYX, CZYX, each optionally after a leading T) and reads nothing but
+metadata. Each chunk is read when a task needs it, by path, so the array can be sent to dask workers:
 
 * TIFF and OME-TIFF (first series, full resolution): uncompressed contiguous data is memory-mapped
   and only the asked bytes are copied; compressed, striped or tiled data is read through tifffile's
   Zarr view, strip by strip or tile by tile.
 * Zarr and OME-Zarr: OME-Zarr images (NGFF 0.4 or 0.5) by the first dataset their ``multiscales``
-  metadata lists, with axes and pixel size from it; a plain Zarr array with ``axes`` given (or 2D).
+  metadata lists, with axes, pixel size and time increment from it; a plain Zarr array with ``axes``
+  given (or 2D).
 * CZI, ND2 and LIF with ``confocalize[formats]`` (:func:`confocalize.formats.open_bioio`): the
   chunks of the file's bioio reader, one whole plane each for these formats, so a plane must fit
   in memory; planes and channels are read one by one.
 
 :func:`create_ome_zarr` makes a one-resolution OME-Zarr (NGFF 0.5, metadata via ``ome-zarr``)
-with axes, pixel size and z step, whose array the caller fills chunk by chunk. Nothing here checks
+with axes, pixel size, z step and time increment, whose array the caller fills chunk by chunk. Nothing here checks
 pixel values (that would read everything).
 """
 
@@ -40,6 +41,7 @@ from confocalize.io import (
     canonical_axes,
     check_axes,
     tiff_pixel_size,
+    tiff_time_increment,
     check_pixel_size,
 )
 
@@ -47,6 +49,8 @@ ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 FULL_RESOLUTION = "s0"  # dataset path of the arrays written here (readers take it from the metadata)
 _MICRONS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6, "angstrom": 1e-4}
+_SECONDS = {"second": 1.0, "millisecond": 1e-3, "microsecond": 1e-6, "minute": 60.0, "hour": 3600.0}
+_UNITS = {**_MICRONS, **_SECONDS}
 
 
 def is_zarr(path: Path) -> bool:
@@ -63,11 +67,12 @@ def open_lazy(path: str | os.PathLike, axes: str | None = None, pixel_size: floa
     if not path.exists():
         raise ConfocalizeError(f"{path}: no such file or Zarr folder; check the path")
     if is_zarr(path):
-        data, file_axes, px, z_step = _open_zarr(path, axes, chunk)
+        data, file_axes, px, z_step, dt = _open_zarr(path, axes, chunk)
     elif path.suffix.lower() in TIFF_SUFFIXES:
-        data, file_axes, px, z_step = _open_tiff(path, chunk)
+        data, file_axes, px, z_step, dt = _open_tiff(path, chunk)
     elif path.suffix.lower() in BIOIO_SUFFIXES:
         data, file_axes, px, z_step = open_bioio(path)  # the reader's chunks: whole planes
+        dt = None  # time series are refused there
     else:
         raise ConfocalizeError(f"{path}: not a TIFF or Zarr image, nor {'/'.join(BIOIO_SUFFIXES)}; chunked enhance reads .tif, .ome.tif, .zarr, .ome.zarr and those")
     if data.dtype.type not in SUPPORTED_DTYPES:
@@ -75,7 +80,7 @@ def open_lazy(path: str | os.PathLike, axes: str | None = None, pixel_size: floa
     data, file_axes = canonical_axes(data, file_axes)
     final_axes = check_axes(path, data, axes.upper() if axes else file_axes)
     px = check_pixel_size(pixel_size, str(path)) if pixel_size is not None else px
-    return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path)
+    return Image(data=data, axes=final_axes, pixel_size=px, z_step=z_step, path=path, time_increment=dt if "T" in final_axes else None)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class TiffRegions:
                 return np.asarray(zarr.open_array(store, mode="r")[key])
 
 
-def _open_tiff(path: Path, chunk: int) -> tuple[da.Array, str, float | None, float | None]:
+def _open_tiff(path: Path, chunk: int) -> tuple[da.Array, str, float | None, float | None, float | None]:
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
@@ -108,16 +113,17 @@ def _open_tiff(path: Path, chunk: int) -> tuple[da.Array, str, float | None, flo
             source = TiffRegions(path, tuple(series.shape), np.dtype(series.dtype))
             axes = series.axes
             px, z_step = tiff_pixel_size(tif)
+            dt = tiff_time_increment(tif)
     except ConfocalizeError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files
         raise ConfocalizeError(f"{path}: not a readable TIFF ({type(exc).__name__}); re-export or re-copy it") from None
     chunks = tuple(chunk if ax in "YX" else 1 for ax in axes)
     meta = np.empty((0,) * source.ndim, source.dtype)
-    return da.from_array(source, chunks=chunks, meta=meta, inline_array=True), axes, px, z_step  # the reader is tiny
+    return da.from_array(source, chunks=chunks, meta=meta, inline_array=True), axes, px, z_step, dt  # the reader is tiny
 
 
-def _open_zarr(path: Path, axes: str | None, chunk: int) -> tuple[da.Array, str, float | None, float | None]:
+def _open_zarr(path: Path, axes: str | None, chunk: int) -> tuple[da.Array, str, float | None, float | None, float | None]:
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:  # zarr raises many types for foreign or damaged stores
@@ -125,16 +131,17 @@ def _open_zarr(path: Path, axes: str | None, chunk: int) -> tuple[da.Array, str,
     if isinstance(node, zarr.Array):
         if axes is None and node.ndim != 2:
             raise ConfocalizeError(f"{path}: a plain Zarr array of shape {node.shape} has no axes; give them with --axes")
-        component, file_axes, px, z_step = "", axes or "YX", None, None
+        component, file_axes, px, z_step, dt = "", axes or "YX", None, None, None
     else:
-        component, file_axes, px, z_step = _ome_multiscale(path, dict(node.attrs))
+        component, file_axes, px, z_step, dt = _ome_multiscale(path, dict(node.attrs))
     array = node if component == "" else node[component]
     chunks = tuple(chunk if ax in "YX" else 1 for ax in file_axes.upper()) if len(file_axes) == array.ndim else "auto"
-    return da.from_zarr(str(path), component=component or None, chunks=chunks), file_axes, px, z_step
+    return da.from_zarr(str(path), component=component or None, chunks=chunks), file_axes, px, z_step, dt
 
 
-def _ome_multiscale(path: Path, attrs: dict[str, Any]) -> tuple[str, str, float | None, float | None]:
-    """Dataset path, axes, pixel size and z step (µm) of an OME-Zarr image's full resolution (NGFF 0.4 or 0.5)."""
+def _ome_multiscale(path: Path, attrs: dict[str, Any]) -> tuple[str, str, float | None, float | None, float | None]:
+    """Dataset path, axes, pixel size and z step (µm) and time increment (s) of an OME-Zarr image's full resolution
+    (NGFF 0.4 or 0.5)."""
     multiscales = attrs.get("ome", attrs).get("multiscales")
     if not multiscales:
         raise ConfocalizeError(f"{path}: a Zarr group without OME-Zarr 'multiscales' metadata; give the image array itself")
@@ -145,11 +152,11 @@ def _ome_multiscale(path: Path, attrs: dict[str, Any]) -> tuple[str, str, float 
     scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
 
     def size(axis: str) -> float | None:
-        if scale is None or axis not in names or units[names.index(axis)] not in _MICRONS:
+        if scale is None or axis not in names or units[names.index(axis)] not in _UNITS:
             return None
-        return float(scale[names.index(axis)]) * _MICRONS[units[names.index(axis)]]
+        return float(scale[names.index(axis)]) * _UNITS[units[names.index(axis)]]
 
-    return dataset["path"], "".join(names), size("X"), size("Z")
+    return dataset["path"], "".join(names), size("X"), size("Z"), size("T")
 
 
 def create_ome_zarr(path: str | os.PathLike, image: Image) -> zarr.Array:
@@ -165,9 +172,9 @@ def create_ome_zarr(path: str | os.PathLike, image: Image) -> zarr.Array:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     chunks = tuple(c[0] for c in image.data.chunks)
     array = group.create_array(FULL_RESOLUTION, shape=image.data.shape, chunks=chunks, dtype=image.data.dtype)
-    sizes = {"Z": image.z_step, "Y": image.pixel_size, "X": image.pixel_size}
+    sizes = {"T": image.time_increment, "Z": image.z_step, "Y": image.pixel_size, "X": image.pixel_size}
     scale = [sizes.get(ax) or 1.0 for ax in image.axes]
     dataset = {"path": FULL_RESOLUTION, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-    units = {ax.lower(): "micrometer" for ax in image.axes if sizes.get(ax) is not None}
+    units = {ax.lower(): "second" if ax == "T" else "micrometer" for ax in image.axes if sizes.get(ax) is not None}
     write_multiscales_metadata(group, [dataset], axes=image.axes.lower(), axes_units=units, name=image.name)
     return array

@@ -3,7 +3,8 @@
 Convention (``NORMALISATION``): each image is normalised on its own, the 0.1th percentile to 0 and
 the 99.9th to 1, clipped to [0, 1]; metrics use ``data_range=1``. The affine-matched variant first
 fits ``a * x + b`` to the target by least squares (CSBDeep's ``normalize_minmse`` idea), so that a
-method is not punished for its intensity scale alone.
+method is not punished for its intensity scale alone. Flicker of a time-lapse (:func:`frame_change`)
+uses the same normalisation, once over the whole movie.
 """
 
 from __future__ import annotations
@@ -59,3 +60,21 @@ def compare(pred_raw: np.ndarray, target_raw: np.ndarray) -> dict[str, dict[str,
     pred = to_unit_range(pred_raw)
     target = to_unit_range(target_raw)
     return {"plain": image_metrics(pred, target), "affine": image_metrics(affine_match(pred, target), target)}
+
+
+def frame_change(movie: np.ndarray, drift_px: tuple[int, int] = (0, 0)) -> dict[str, float]:
+    """How much a ``(T, Y, X)`` movie changes from frame to frame: the mean and median over pixels and frame pairs
+    of ``|x_t - x_{t-1}|``, the movie normalised once as a whole (:func:`to_unit_range`: bleaching counts, a
+    frame's own brightness jump too).
+
+    ``drift_px`` (dy, dx): whole pixels the sample moves per frame; frame ``t - 1`` is moved by it before the
+    difference, on the pixels both frames hold.
+    """
+    if movie.ndim != 3 or movie.shape[0] < 2:
+        raise ValueError(f"expected a (T, Y, X) movie of 2 or more frames, got shape {movie.shape}")
+    x = to_unit_range(movie)
+    (dy, dx), (h, w) = drift_px, x.shape[1:]
+    now = x[1:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+    before = x[:-1, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    change = np.abs(now - before)
+    return {"mean": float(change.mean(dtype=np.float64)), "median": float(np.median(change))}

@@ -195,8 +195,8 @@ def register_folder(
                 stale.unlink(missing_ok=True)
         else:
             y0, x0, y1, x1 = reg.crop
-            write_image(out / record.lq, lq.data[..., y0:y1, x0:x1], lq.axes, lq.pixel_size, lq.z_step)
-            write_image(out / record.hq, reg.hq_on_lq[..., y0:y1, x0:x1], reg.axes, lq.pixel_size, hq.z_step)
+            write_image(out / record.lq, lq.data[..., y0:y1, x0:x1], lq.axes, lq.pixel_size, lq.z_step, lq.time_increment)
+            write_image(out / record.hq, reg.hq_on_lq[..., y0:y1, x0:x1], reg.axes, lq.pixel_size, hq.z_step, lq.time_increment)
             write_overlay(overlay, lq, reg)
             record.lq_from_hq = np.asarray(reg.lq_from_hq).tolist()
             record.crop, record.pixel_size, record.quality = list(reg.crop), lq.pixel_size, reg.quality

@@ -1,4 +1,4 @@
-"""Tiled, overlapping, blended inference of any image size; z-stacks slice by slice.
+"""Tiled, overlapping, blended inference of any image size; z-stacks slice by slice, time-lapses frame by frame.
 
 How a large image is cut (:func:`predict_array`): tiles of ``tile`` x ``tile`` pixels (the input the
 network sees, which bounds memory) start at multiples of ``generator.multiple`` so that every tile
@@ -13,6 +13,11 @@ statistics (eval-mode BatchNorm), the tiled result equals the whole-image result
 Each batch of tiles goes through a :class:`confocalize.engine.Runner`: PyTorch by default for
 :func:`predict_array`, the package's ``backend`` (``auto``: ONNX Runtime on the CPU) for
 :func:`enhance_image` and :func:`enhance_files`. The backend changes nothing else.
+
+A time-lapse (axes with a leading T) is enhanced one frame at a time (:func:`enhance_frames`), every
+frame with the same per-channel normalisation, estimated over the whole movie, so that the
+normalisation itself adds no flicker; :func:`enhance_files` opens a TIFF time-lapse lazily and
+writes its output frame by frame, so one input and one output frame are in memory at a time.
 """
 
 from __future__ import annotations
@@ -32,11 +37,23 @@ from skimage.transform import resize
 from confocalize.batch import BatchSummary, Ledger
 from confocalize.engine import Backend, Runner, TorchRunner, make_runner, resolve_backend
 from confocalize.errors import ConfocalizeError
-from confocalize.io import Image, check_pixels, image_stem, list_images, read_image, write_image
+from confocalize.io import (
+    TIFF_SUFFIXES,
+    Image,
+    check_pixels,
+    frames,
+    image_stem,
+    list_images,
+    read_image,
+    refuse_time_lapse,
+    tiff_frames,
+    write_frames,
+    write_image,
+)
 from confocalize.nets import UNet
-from confocalize.normalize import sampled_normalization
+from confocalize.normalize import Normalization, sampled_normalization
 from confocalize.package import ModelPackage, content_sha256
-from confocalize.stacks import as_czyx, model_groups, network_input
+from confocalize.stacks import as_czyx, channel_views, model_groups, network_input
 
 # One 1024x1024 tile per forward pass needs about 1 GB for the default generator (depth 4, 32 channels),
 # the memory of four 512x512 tiles, but wastes far less of it on halos (depth 4: 112 px per inner edge).
@@ -179,6 +196,7 @@ def enhance_image(
     batch_size: int = DEFAULT_BATCH,
     resample: bool = False,
     backend: Backend | Runner = "auto",
+    normalizations: Sequence[Normalization] | None = None,
 ) -> Image:
     """Enhance one image of any axes; returns float32 in the model's output units (normalised HQ, ~0..1).
 
@@ -190,7 +208,12 @@ def enhance_image(
     (a C axis is added only if the model makes several output channels). See :func:`check_fit` for
     ``resample``: the image is then enhanced on the model's pixel grid and brought back to its own.
     ``backend`` as :func:`confocalize.engine.make_runner` takes it (pass a runner to reuse it across images).
+    ``normalizations`` (one per channel) replace the estimate. A time-lapse goes through :func:`enhance_frames`
+    and comes back whole (time increment kept).
     """
+    if image.axes.startswith("T"):
+        enhanced = list(enhance_frames(package, image, tile, batch_size, resample, backend))
+        return image.with_data(np.stack([f.data for f in enhanced]), "T" + enhanced[0].axes)
     where = str(image.path) if image.path is not None else "image"
     check_pixels(where, image.data)
     czyx = as_czyx(image.data, image.axes)
@@ -198,10 +221,12 @@ def enhance_image(
     zoom = check_fit(package, image, resample)
     if zoom is not None:
         czyx = _resize_yx(czyx, [zoom * n for n in czyx.shape[-2:]])
-    norm = package.normalization
+    if normalizations is None:
+        norm = package.normalization
+        normalizations = [sampled_normalization(c, norm.low, norm.high, norm.input_window) for c in czyx]
     normalised = np.empty(czyx.shape, dtype=np.float32)  # filled channel by channel: no full-size temporaries
-    for c, out in zip(czyx, normalised, strict=True):
-        sampled_normalization(c, norm.low, norm.high, norm.input_window).apply(c, out=out)
+    for c, n, out in zip(czyx, normalizations, normalised, strict=True):
+        n.apply(c, out=out)
     k = package.context_slices
     runner = make_runner(package, backend)
     stacks = [_predict_stack(package.generator, runner, normalised, g, k, tile, batch_size) for g in groups]
@@ -212,6 +237,32 @@ def enhance_image(
     if zoom is not None:
         result = _resize_yx(result, image.data.shape[-2:])
     return image.with_data(*from_czyx(result, image.axes))
+
+
+def movie_normalizations(package: ModelPackage, image: Image) -> list[Normalization]:
+    """Each channel's normalisation as the package makes it, over all its planes and time points (a lazy image:
+    read once, chunk by chunk, for the sampled rows)."""
+    norm = package.normalization
+    return [sampled_normalization(c, norm.low, norm.high, norm.input_window) for c in channel_views(image.data, image.axes)]
+
+
+def enhance_frames(
+    package: ModelPackage,
+    image: Image,
+    tile: int = DEFAULT_TILE,
+    batch_size: int = DEFAULT_BATCH,
+    resample: bool = False,
+    backend: Backend | Runner = "auto",
+) -> Iterator[Image]:
+    """Every time point of ``image`` enhanced in turn, as :func:`enhance_image` does one (an image without T: one frame).
+
+    All frames share each channel's normalisation, estimated over the whole movie first; a lazy (dask) movie is
+    then read one frame at a time.
+    """
+    normalizations = movie_normalizations(package, image)
+    runner = make_runner(package, backend)  # once for the movie
+    for frame in frames(image):
+        yield enhance_image(package, frame, tile, batch_size, resample, runner, normalizations)
 
 
 def check_fit(package: ModelPackage, image: Image, resample: bool = False) -> float | None:
@@ -291,6 +342,8 @@ def enhance_files(
     images go beside each output as ``NAME.KEY.ome.tif`` (float32), before the output itself.
     ``backend``: see :func:`confocalize.engine.make_runner`; chosen once for the batch and handed to the
     enhancer too. It is not part of the sidecars' settings: backends agree to float rounding, as tile sizes do.
+    A TIFF time-lapse is read and written frame by frame (:func:`enhance_frames`), its time increment kept;
+    ``progress`` then counts its frames (a file counts one). An ``enhancer`` takes single time points only.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
@@ -301,12 +354,21 @@ def enhance_files(
     ledger = Ledger(content_sha256(package), settings | dict(enhancer.settings) if enhancer else settings)
     backend = resolve_backend(package, backend)  # an unknown name fails here, before any file
     runner: Runner | None = None  # made for the first file to enhance: a rerun that skips every file builds nothing
-    for done, (src, dst) in enumerate(zip(files, targets), start=1):
+    counter = _FrameCounter(len(files), progress)
+    for src, dst in zip(files, targets):
         if not ledger.complete(src, dst):
             runner = runner or make_runner(package, backend)
             try:
-                image = read_image(src, axes=axes, pixel_size=pixel_size)
-                result, extras = enhancer(image, runner) if enhancer else (enhance_image(package, image, tile, batch_size, resample, runner), {})
+                image = open_input(src, axes, pixel_size)
+                result, extras = None, {}
+                if image.axes.startswith("T"):  # enhanced while it is written, frame by frame
+                    if enhancer is not None:
+                        refuse_time_lapse(image, "estimate uncertainty or consistency (--uncertainty, --consistency)")
+                    counter.movie(image.data.shape[0])
+                    enhanced = (counter.step(f) for f in enhance_frames(package, image, tile, batch_size, resample, runner))
+                    _write_movie(dst, image, enhanced, dtype)
+                else:
+                    result, extras = enhancer(image, runner) if enhancer else (enhance_image(package, image, tile, batch_size, resample, runner), {})
             except PER_FILE_ERRORS as exc:
                 if not keep_going:
                     raise
@@ -314,11 +376,58 @@ def enhance_files(
             else:
                 for key, extra in extras.items():
                     write_image(extra_path(dst, key, files), extra.data, extra.axes, extra.pixel_size, extra.z_step)
-                write_image(dst, to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
+                if result is not None:
+                    write_image(dst, to_dtype(result.data, dtype), result.axes, result.pixel_size, result.z_step)
                 ledger.wrote(src, dst)
-        if progress is not None:
-            progress(done, len(files))
+        counter.file_done()
     return ledger.summary()
+
+
+def open_input(path: Path, axes: str | None = None, pixel_size: float | None = None) -> Image:
+    """:func:`~confocalize.io.read_image`, except that a TIFF time-lapse is opened lazily (its frames are read when used)."""
+    if path.suffix.lower() in TIFF_SUFFIXES and tiff_frames(path) > 1:
+        from confocalize.lazyio import open_lazy  # dask and zarr load only for time-lapses
+
+        lazy = open_lazy(path, axes, pixel_size)
+        if lazy.axes.startswith("T"):  # else --axes made the frames something else: read it whole
+            return lazy
+    return read_image(path, axes=axes, pixel_size=pixel_size)
+
+
+def _write_movie(path: Path, movie: Image, enhanced: Iterator[Image], dtype: OutputDtype) -> None:
+    """Write enhanced frames (the first tells their shape) as one time-lapse, each frame as it comes."""
+    first = next(enhanced)
+    shape = (movie.data.shape[0], *first.data.shape)
+    data = (to_dtype(f.data, dtype) for f in itertools.chain([first], enhanced))
+    write_frames(path, data, shape, np.dtype(dtype), "T" + first.axes, first.pixel_size, first.z_step, movie.time_increment)
+
+
+class _FrameCounter:
+    """Progress of a batch in frames: a file counts one, a time-lapse its time points (known once it is opened)."""
+
+    def __init__(self, n_files: int, progress: Progress | None) -> None:
+        self.total, self.done, self.file_start, self.file_frames, self.progress = n_files, 0, 0, 1, progress
+
+    def movie(self, n_frames: int) -> None:
+        """The current file is a time-lapse of ``n_frames`` time points."""
+        self.total += n_frames - 1
+        self.file_frames = n_frames
+
+    def step(self, frame: Image) -> Image:
+        """One more frame done; ``frame`` passes through."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        return frame
+
+    def file_done(self) -> None:
+        """The current file is done (written, skipped or failed)."""
+        self.file_start += self.file_frames
+        self.file_frames = 1
+        if self.done != self.file_start:
+            self.done = self.file_start
+            if self.progress is not None:
+                self.progress(self.done, self.total)
 
 
 def output_paths(files: list[Path], out_dir: Path, suffix: str = ".ome.tif") -> list[Path]:

@@ -147,14 +147,18 @@ class _Candidate:
 def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = None) -> Registration:
     """Register ``hq`` onto the grid of ``lq``; raise :class:`RegistrationError` when not confident.
 
-    Multi-plane images register on a projection (maximum over Z, sum of normalised channels) and
-    every plane of ``hq`` is resampled with the one transform. Raises :class:`ConfocalizeError` for
-    unusable input (one pixel size missing, NaN, too small).
+    Multi-plane images register on a projection (mean over time, maximum over Z, sum of normalised
+    channels) and every plane of ``hq`` (every frame of a time-lapse) is resampled with the one
+    transform. Raises :class:`ConfocalizeError` for unusable input (one pixel size missing, NaN, too
+    small, time-lapses of different lengths).
     """
     opts = options or RegistrationOptions()
     names = f"{_label(lq)} vs {_label(hq)}"
     for image in (lq, hq):
         _check_input(image)
+    n_lq, n_hq = (im.data.shape[0] if im.axes.startswith("T") else 1 for im in (lq, hq))
+    if n_lq != n_hq:
+        raise ConfocalizeError(f"{names}: {n_lq} vs {n_hq} time points; pair time-lapses of as many frames, or single frames")
     scale = pixel_ratio(lq, hq)
     lq2, hq2 = projection(lq), projection(hq)
     levels = _pyramid(lq2, hq2, scale, opts)
@@ -211,11 +215,13 @@ def pixel_ratio(lq: Image, hq: Image) -> float:
 
 
 def projection(image: Image) -> np.ndarray:
-    """One float32 plane to register on: maximum over Z, sum over percentile-normalised channels."""
-    data = image.data.astype(np.float32)
-    if "Z" in image.axes:
-        data = data.max(axis=image.axes.index("Z"))
-    if "C" in image.axes:
+    """One float32 plane to register on: mean over time, maximum over Z, sum over percentile-normalised channels."""
+    data, axes = image.data.astype(np.float32), image.axes
+    if axes.startswith("T"):
+        data, axes = data.mean(axis=0), axes[1:]
+    if "Z" in axes:
+        data = data.max(axis=axes.index("Z"))
+    if "C" in axes:
         lo, hi = np.percentile(data, [1, 99.9], axis=(-2, -1), keepdims=True)
         data = ((data - lo) / np.maximum(hi - lo, 1e-12)).sum(axis=0)
     return data

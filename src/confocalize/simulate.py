@@ -14,12 +14,17 @@ scan pixel, sampled on the system's own pixel grid and exposed with photon and r
 Geometry: pixel centres sit at integer coordinates (x = column, y = row). ``lq_from_hq`` maps
 HQ pixel coordinates to LQ pixel coordinates; both images are rendered from those very matrices.
 
+Time-lapses (``frames`` > 1): the sample drifts by ``drift`` µm per frame (a phase ramp on the
+object's spectra, the same motion seen by both microscopes), its fluorescence bleaches by
+``bleaching`` per frame, and photon and read noise are drawn anew for every frame; the photon scale
+is that of the first frame. Images then have axes TYX and record ``frame_interval`` as their time increment.
+
 Output of :func:`simulate`::
 
     OUT/lq/fieldNNN.ome.tif      wide-field, uint16, LQ pixel size in the metadata
     OUT/hq/fieldNNN.ome.tif      confocal, uint16, HQ pixel size in the metadata
     OUT/clean/fieldNNN.ome.tif   noise-free confocal on the LQ grid, float32 (ground truth)
-    OUT/truth.json               pixel sizes, parameters and each field's ``lq_from_hq``
+    OUT/truth.json               pixel sizes, parameters, frames and each field's ``lq_from_hq``
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ class SimulationParams(BaseModel):
     shift_range: tuple[float, float] = Field((-2.0, 2.0), description="HQ field centre offset per axis, µm")
     rotation_range: tuple[float, float] = Field((-3.0, 3.0), description="HQ pixel axes vs LQ axes, degrees")
     flip_probability: float = Field(0.0, description="chance that HQ columns are mirrored")
+    # Time-lapses (frames > 1)
+    drift: tuple[float, float] = Field((0.0, 0.0), description="sample motion per frame (x, y), µm; (0, 0): a static sample")
+    bleaching: float = Field(0.0, description="fraction of the fluorescence lost per frame")
+    frame_interval: float = Field(1.0, description="time between frames, s")
     # Synthetic cells (fluorophore amounts: per µm of filament, per µm² of membrane, per punctum,
     # per µm³ of nucleus)
     n_cells: tuple[int, int] = (3, 5)
@@ -117,7 +126,7 @@ class SimulationParams(BaseModel):
     def _check(self) -> SimulationParams:
         positive = ("size", "lq_pixel_size", "hq_pixel_size", "hq_field_ratio", "z_step", "lq_na", "hq_na",
                     "emission_wavelength", "excitation_wavelength", "refractive_index", "pinhole_au",
-                    "lq_gain", "hq_gain")
+                    "lq_gain", "hq_gain", "frame_interval")
         not_negative = ("z_range", "margin", "lq_peak_photons", "lq_background", "lq_read_noise", "lq_offset",
                         "hq_peak_photons", "hq_background", "hq_read_noise", "hq_offset", "filaments_per_cell",
                         "puncta_per_cell", "filament_brightness", "membrane_brightness", "puncta_brightness",
@@ -138,6 +147,10 @@ class SimulationParams(BaseModel):
             _bad("object_oversampling", self.object_oversampling, "must be >= 1 (2 or more recommended)")
         if max(abs(r) for r in self.rotation_range) > 180:
             _bad("rotation_range", self.rotation_range, "must lie within [-180, 180] degrees")
+        if not all(np.isfinite(self.drift)):
+            _bad("drift", self.drift, "must be finite (µm per frame)")
+        if not 0 <= self.bleaching < 1:
+            _bad("bleaching", self.bleaching, "must be at least 0 and below 1 (a fraction per frame)")
         if not 0 <= self.flip_probability <= 1:
             _bad("flip_probability", self.flip_probability, "must be between 0 and 1")
         for name in ("lq_na", "hq_na"):
@@ -167,10 +180,10 @@ def _bad(name: str, value: object, rule: str) -> None:
 class SimulatedPair:
     """One rendered field: the two camera images and the true geometry between them."""
 
-    lq: np.ndarray  # wide-field, uint16, YX on the LQ grid
-    hq: np.ndarray  # confocal, uint16, YX on the HQ grid
+    lq: np.ndarray  # wide-field, uint16, YX (TYX for a time-lapse) on the LQ grid
+    hq: np.ndarray  # confocal, uint16, YX (TYX) on the HQ grid
     lq_from_hq: np.ndarray  # 3x3: HQ pixel (x, y, 1) -> LQ pixel (x, y, 1)
-    hq_clean: np.ndarray  # noise-free confocal on the LQ grid, float32, in HQ units (ADU)
+    hq_clean: np.ndarray  # noise-free confocal on the LQ grid, float32, in HQ units (ADU), YX (TYX)
 
 
 @dataclass(frozen=True)
@@ -188,12 +201,14 @@ class SimulatedField:
 
 
 def render_pair(
-    volume: np.ndarray, voxel_size: tuple[float, float], params: SimulationParams, rng: np.random.Generator
+    volume: np.ndarray, voxel_size: tuple[float, float], params: SimulationParams, rng: np.random.Generator, frames: int = 1
 ) -> SimulatedPair:
     """Image a ZYX object (fluorophore amount per voxel, voxel ``(dz, dxy)`` µm) with both systems.
 
     The LQ field is centred on the volume; the HQ field is shifted, rotated and maybe flipped as
-    drawn from ``params``. Parts of a field outside the volume are dark (background only).
+    drawn from ``params``. Parts of a field outside the volume are dark (background only). With
+    ``frames`` > 1 every image is a time-lapse (TYX) of the drifting, bleaching sample (module docstring);
+    drift beyond ``params.margin`` brings the far side of the volume in.
     """
     volume = _check_volume(volume, voxel_size)
     dxy = float(voxel_size[1])
@@ -205,16 +220,30 @@ def render_pair(
     hq_to_obj = _hq_to_object(params, hq_shape, obj_shape, dxy, rng)
     (wf_spec, cf_spec), fft_shape = _focal_spectra(volume, (float(voxel_size[0]), dxy), params)
 
-    wf_lq = _sample(_pixel_image(wf_spec, lq_to_obj, fft_shape, obj_shape), lq_to_obj, lq_shape)
-    cf_hq = _sample(_pixel_image(cf_spec, hq_to_obj, fft_shape, obj_shape), hq_to_obj, hq_shape)
-    cf_lq = _sample(_pixel_image(cf_spec, lq_to_obj, fft_shape, obj_shape), lq_to_obj, lq_shape)
-
-    lq_scale = _photon_scale(wf_lq, params.lq_peak_photons)
-    hq_scale = _photon_scale(cf_hq, params.hq_peak_photons)
-    lq = _expose(wf_lq * lq_scale + params.lq_background, params.lq_read_noise, params.lq_gain, params.lq_offset, rng)
-    hq = _expose(cf_hq * hq_scale + params.hq_background, params.hq_read_noise, params.hq_gain, params.hq_offset, rng)
-    hq_clean = (params.hq_offset + params.hq_gain * (cf_lq * hq_scale + params.hq_background)).astype(np.float32)
+    images: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for t in range(frames):
+        ramp = _drift_ramp(fft_shape, t * np.asarray(params.drift) / dxy) if t else None
+        wf, cf = (wf_spec, cf_spec) if ramp is None else (wf_spec * ramp, cf_spec * ramp)
+        wf_lq = _sample(_pixel_image(wf, lq_to_obj, fft_shape, obj_shape), lq_to_obj, lq_shape)
+        cf_hq = _sample(_pixel_image(cf, hq_to_obj, fft_shape, obj_shape), hq_to_obj, hq_shape)
+        cf_lq = _sample(_pixel_image(cf, lq_to_obj, fft_shape, obj_shape), lq_to_obj, lq_shape)
+        if t == 0:
+            lq_scale = _photon_scale(wf_lq, params.lq_peak_photons)
+            hq_scale = _photon_scale(cf_hq, params.hq_peak_photons)
+        left = (1 - params.bleaching) ** t
+        lq = _expose(wf_lq * (lq_scale * left) + params.lq_background, params.lq_read_noise, params.lq_gain, params.lq_offset, rng)
+        hq = _expose(cf_hq * (hq_scale * left) + params.hq_background, params.hq_read_noise, params.hq_gain, params.hq_offset, rng)
+        hq_clean = (params.hq_offset + params.hq_gain * (cf_lq * (hq_scale * left) + params.hq_background)).astype(np.float32)
+        images.append((lq, hq, hq_clean))
+    lq, hq, hq_clean = images[0] if frames == 1 else (np.stack(kind) for kind in zip(*images))
     return SimulatedPair(lq=lq, hq=hq, lq_from_hq=np.linalg.inv(lq_to_obj) @ hq_to_obj, hq_clean=hq_clean)
+
+
+def _drift_ramp(fft_shape: tuple[int, int], shift_xy: np.ndarray) -> np.ndarray:
+    """The phase ramp that moves an image by ``shift_xy`` (x, y) voxels, on the real-FFT grid of ``fft_shape``."""
+    fy = scipy.fft.fftfreq(fft_shape[0])[:, None]
+    fx = scipy.fft.rfftfreq(fft_shape[1])[None, :]
+    return np.exp(-2j * np.pi * (fx * shift_xy[0] + fy * shift_xy[1])).astype(np.complex64)
 
 
 def _check_volume(volume: np.ndarray, voxel_size: tuple[float, float]) -> np.ndarray:
@@ -606,28 +635,33 @@ def simulate(
     params: SimulationParams | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    frames: int = 1,
 ) -> list[SimulatedField]:
     """Simulate ``n_fields`` wide-field/confocal pairs of synthetic cells into ``out_dir``.
 
-    Field ``i`` depends only on ``(seed, i)``. ``progress(done, total)`` is called after each
+    Field ``i`` depends only on ``(seed, i)`` (and ``frames``). ``progress(done, total)`` is called after each
     field. Fields listed by an earlier ``truth.json`` in ``out_dir`` and not rewritten are removed.
+    ``frames`` > 1 makes every image a time-lapse (TYX) of that many frames (module docstring).
     """
     if isinstance(n_fields, bool) or not isinstance(n_fields, int | np.integer) or n_fields < 1:
         raise ConfocalizeError(f"number of fields {n_fields}: give a whole number >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfocalizeError(f"seed {seed}: give a whole number >= 0")
+    if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 1:
+        raise ConfocalizeError(f"number of frames {frames}: give a whole number >= 1")
     params = params or SimulationParams()
     out = Path(out_dir)
     stale = _previous_files(out)
     fields: list[SimulatedField] = []
     for i in range(n_fields):
         rng = np.random.default_rng([int(seed), i])
-        pair = render_pair(*random_sample(params, rng), params, rng)
+        pair = render_pair(*random_sample(params, rng), params, rng, frames)
         name = f"field{i:03d}"
         paths = {kind: out / kind / f"{name}.ome.tif" for kind in _KINDS}
-        write_image(paths["lq"], pair.lq, "YX", pixel_size=params.lq_pixel_size)
-        write_image(paths["hq"], pair.hq, "YX", pixel_size=params.hq_pixel_size)
-        write_image(paths["clean"], pair.hq_clean, "YX", pixel_size=params.lq_pixel_size)
+        axes, dt = ("TYX", params.frame_interval) if frames > 1 else ("YX", None)
+        write_image(paths["lq"], pair.lq, axes, pixel_size=params.lq_pixel_size, time_increment=dt)
+        write_image(paths["hq"], pair.hq, axes, pixel_size=params.hq_pixel_size, time_increment=dt)
+        write_image(paths["clean"], pair.hq_clean, axes, pixel_size=params.lq_pixel_size, time_increment=dt)
         fields.append(SimulatedField(name, paths["lq"], paths["hq"], paths["clean"], pair.lq_from_hq))
         if progress is not None:
             progress(i + 1, n_fields)
@@ -635,6 +669,7 @@ def simulate(
         "lq_pixel_size": params.lq_pixel_size,
         "hq_pixel_size": params.hq_pixel_size,
         "seed": int(seed),
+        "frames": int(frames),
         "params": params.model_dump(mode="json"),
         "fields": [
             {"name": f.name, "lq": f"lq/{f.name}.ome.tif", "hq": f"hq/{f.name}.ome.tif",

@@ -6,7 +6,8 @@ by channel: ``[c0 z-k, ..., c0 z+k, c1 z-k, ...]``. Near the ends of a stack the
 neighbours repeat the end plane (indices are clamped), so every plane has a full input and a 2D
 image works with any model. A group is one channel (``channels: separate``: one model applied to
 each channel on its own) or all channels (``channels: joint``: the model's channels are the
-data's). Both numpy and dask arrays go through :func:`network_input`.
+data's). Both numpy and dask arrays go through :func:`network_input`. A time-lapse is enhanced frame by
+frame (each frame as above); its channels' normalisation spans all frames (:func:`channel_views`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def as_czyx(data: Array, axes: str) -> Array:
     """View of ``data`` with all four axes C, Z, Y, X (missing ones of length 1)."""
     shape = [data.shape[axes.index(ax)] if ax in axes else 1 for ax in "CZYX"]  # type: ignore[attr-defined]
     return data.reshape(shape)  # type: ignore[attr-defined]
+
+
+def channel_views(data: Array, axes: str) -> list[Array]:
+    """Each channel of ``data`` with every other axis kept (all time points and planes): views of numpy arrays, lazy
+    slices of dask arrays; an image without C is its only channel."""
+    if "C" not in axes:
+        return [data]
+    c = axes.index("C")
+    return [data[(slice(None),) * c + (i,)] for i in range(data.shape[c])]  # type: ignore[attr-defined, index]
 
 
 def context_indices(z: int, n_planes: int, context: int) -> list[int]:

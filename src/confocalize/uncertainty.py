@@ -23,7 +23,7 @@ import numpy as np
 
 from confocalize import calibration
 from confocalize.engine import Backend, Runner, make_runner
-from confocalize.io import Image, read_image
+from confocalize.io import Image, read_image, refuse_time_lapse
 from confocalize.package import ModelPackage, UncertaintyCalibration
 from confocalize.pairs import PairPaths
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
@@ -52,6 +52,7 @@ def enhance_with_uncertainty(
 ) -> Enhanced:
     """Enhance ``image`` in its 8 dihedral orientations: their mean and (calibrated) standard deviation
     (``backend`` as :func:`confocalize.engine.make_runner` takes it)."""
+    refuse_time_lapse(image, "estimate uncertainty (it takes single time points)")
     runner = make_runner(package, backend)
     first = enhance_image(package, image, tile, batch_size, resample, runner)  # the identity comes first in DIHEDRAL
     mean = np.array(first.data, dtype=np.float32)
