@@ -8,6 +8,8 @@ method is not punished for its intensity scale alone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from skimage.metrics import structural_similarity
 
@@ -59,3 +61,15 @@ def compare(pred_raw: np.ndarray, target_raw: np.ndarray) -> dict[str, dict[str,
     pred = to_unit_range(pred_raw)
     target = to_unit_range(target_raw)
     return {"plain": image_metrics(pred, target), "affine": image_metrics(affine_match(pred, target), target)}
+
+
+def relative_change(lq: Mapping[str, float | None], generated: Mapping[str, float | None]) -> dict[str, float | None]:
+    """``(generated - lq) / |lq|`` per metric; ``None`` where a value is missing or the LQ value is 0 or not finite."""
+    change: dict[str, float | None] = {}
+    for m in METRIC_NAMES:
+        before, after = lq[m], generated[m]
+        if before is None or after is None or before == 0 or not np.isfinite(before):
+            change[m] = None
+        else:
+            change[m] = (after - before) / abs(before)
+    return change
