@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import json
 import logging
@@ -25,6 +24,7 @@ from confocalize.io import read_image
 from confocalize.metrics import compare
 from confocalize.nets.reference import REFERENCE_GENERATOR, build_reference
 from confocalize.pairs import PairPaths
+from confocalize.report import read_run_log
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONFOCALIZE_DATA", REPO.parent / "shared" / "data"))  # override: a copy elsewhere
@@ -80,14 +80,9 @@ def architecture(name: str) -> Iterator[None]:
 
 def learning_curve(run: Path) -> list[dict[str, float]]:
     """Validation PSNR/SSIM against generator steps and training seconds, from a run folder's CSV logs."""
-    rows = []
-    for log in sorted((run / "logs" / "csv").glob("version_*/metrics.csv")):
-        with log.open() as fh:
-            rows += [row for row in csv.DictReader(fh) if row.get("val/psnr")]
     return [
-        {"step": int(float(r["time/generator_steps"])), "seconds": float(r["time/train_seconds"]),
-         "psnr": float(r["val/psnr"]), "ssim": float(r["val/ssim"])}
-        for r in rows
+        {"step": int(r["time/generator_steps"]), "seconds": r["time/train_seconds"], "psnr": r["val/psnr"], "ssim": r["val/ssim"]}
+        for r in read_run_log(run) if "val/psnr" in r
     ]  # fmt: skip
 
 

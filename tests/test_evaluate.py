@@ -12,10 +12,11 @@ import torch
 from confocalize import metrics
 from confocalize.config import GeneratorConfig, NormalizationConfig
 from confocalize.errors import ConfocalizeError
-from confocalize.evaluate import evaluate_model, evaluate_pairs, table_rows
+from confocalize.evaluate import evaluate_model, evaluate_pairs
 from confocalize.io import read_image, write_image
 from confocalize.package import ModelPackage, build_generator
 from confocalize.pairs import PairPaths
+from confocalize.report import table_rows
 
 BLOCK = {"lq_vs_hq", "generated_vs_hq"}
 TOP_KEYS = {"median", "median_affine", "relative_change", "per_image", "normalisation", "data_range", "n_images"}
@@ -128,4 +129,4 @@ def test_evaluate_model_enhances_and_saves_generated_images(tmp_path, rng):
     assert result["n_images"] == 3 and calls[-1] == (4, 4)
     generated = read_image(tmp_path / "out" / "generated" / "a.ome.tif")
     assert generated.data.shape == (32, 40) and generated.pixel_size == pytest.approx(0.1)
-    assert (tmp_path / "out" / "figure.png").is_file()
+    assert (tmp_path / "out" / "figure.png").is_file() and (tmp_path / "out" / "report.html").is_file()

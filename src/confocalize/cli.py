@@ -154,12 +154,13 @@ def _key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from confocalize.report import REPORT
     from confocalize.train import fit
 
     cfg = _train_config(args)
     result = fit(cfg, resume=args.resume)
     out.print(f"model written to {result.model_dir} (best validation: "
-              + ", ".join(f"{k} {v:.4g}" for k, v in result.best_val.items()) + ")")
+              + ", ".join(f"{k} {v:.4g}" for k, v in result.best_val.items()) + f"); report: {result.output_dir / REPORT}")
 
 
 def cmd_enhance(args: argparse.Namespace) -> None:
@@ -282,6 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from confocalize.evaluate import evaluate_model
     from confocalize.package import load_package
     from confocalize.pairs import collect_pairs
+    from confocalize.report import REPORT
 
     pairs = collect_pairs(pairs_dir=args.pairs_dir, lq_dir=args.lq, hq_dir=args.hq, pairs_csv=args.pairs_csv,
                           field_pattern=args.field_pattern)
@@ -306,11 +308,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         kind = "calibrated" if package.uncertainty else "raw spread: the model has no calibration"
         _print_rows(f"uncertainty vs |error| ({kind}): median Spearman {block['median_spearman']:.3f}",
                     ["image", "Spearman", "median uncertainty", "RMS error"], rows)  # fmt: skip
-    out.print(f"metrics: {Path(args.output) / 'metrics.json'}  figure: {Path(args.output) / 'figure.png'}")
+    out.print(f"metrics: {Path(args.output) / 'metrics.json'}  figure: {Path(args.output) / 'figure.png'}  report: {Path(args.output) / REPORT}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from confocalize.demo import run_demo
+    from confocalize.report import REPORT
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -325,11 +328,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
         minutes = args.minutes if args.minutes is not None or args.steps is not None else 5.0
         result = run_demo(args.output, minutes=minutes, n_fields=args.fields, seed=args.seed, progress=report, steps=args.steps)
     _print_metrics(result.metrics, f"confocalize demo: median over {result.metrics['n_images']} held-out fields")
-    out.print(f"wall time {result.seconds / 60:.1f} min; metrics: {result.metrics_path}; figure: {result.figure_path}")
+    out.print(f"wall time {result.seconds / 60:.1f} min; metrics: {result.metrics_path}; figure: {result.figure_path}; "
+              f"report: {result.output_dir / REPORT}")
 
 
 def _print_metrics(result: dict, title: str) -> None:
-    from confocalize.evaluate import table_rows
+    from confocalize.report import table_rows
 
     header, rows = table_rows(result)
     _print_rows(title, header, rows)

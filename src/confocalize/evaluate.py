@@ -17,6 +17,8 @@ movie's score is the median over its frames. Written into the output folder, eac
   ``metrics.json`` as ``per_frame`` (each record with its ``frame`` index).
 * ``figure.png``: one row per field of view (first image of each; a time-lapse's first frame):
   methods | HQ | error, and the uncertainty when it was computed.
+* ``report.html`` (:func:`evaluate_model` only): the page to read and send (:mod:`confocalize.report`):
+  these numbers and the figure with the model's provenance, its training curves and the pairs' overlays.
 
 With uncertainty maps (``evaluate --uncertainty``), ``metrics.json`` gains ``uncertainty``: per image
 the Spearman correlation of the uncertainty with the absolute error over its pixels (errors in the
@@ -42,14 +44,11 @@ from confocalize.io import atomic_write, read_image, write_image, write_json
 from confocalize.package import ModelPackage
 from confocalize.pairs import PairPaths
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, Progress, enhance_image
+from confocalize.report import GENERATED, LQ, method_label, run_folder, write_report
 from confocalize.stacks import as_czyx
 from confocalize.uncertainty import enhance_with_uncertainty
 
-LQ = "lq"
-GENERATED = "generated"
 VARIANTS = ("plain", "affine")  # the two results of metrics.compare
-TABLE_LABELS = {"mse": "MSE", "ssim": "SSIM", "psnr": "PSNR", "nrmse": "NRMSE"}
-_FORMATS = {"mse": "{:.3g}", "ssim": "{:.3f}", "psnr": "{:.2f} dB", "nrmse": "{:.3f}"}
 
 Scores = dict[str, dict[str, float]]  # variant ("plain"/"affine") -> metric -> value
 
@@ -145,8 +144,9 @@ def evaluate_model(
     progress: Progress | None = None,
     uncertainty: bool = False,
 ) -> dict[str, Any]:
-    """Enhance each pair's LQ with ``package`` and :func:`evaluate_pairs` the results.
+    """Enhance each pair's LQ with ``package``, :func:`evaluate_pairs` the results and write ``report.html``.
 
+    The report shows the package's training curves when it is still in its run folder (``RUN/model``).
     With ``save_generated`` the generated images go to ``out_dir/generated/NAME.ome.tif``.
     With ``uncertainty`` each is the mean over the 8 flips/rotations, scored with its uncertainty
     (saved as ``generated/NAME.uncertainty.ome.tif``; see :mod:`confocalize.uncertainty`).
@@ -170,6 +170,8 @@ def evaluate_model(
             progress(done, total)
     result = evaluate_pairs(pairs, predictions, out_dir, lq_pixel_size, figure_fields,
                             uncertainties=uncertainties if uncertainty else None, normalization=package.normalization)  # fmt: skip
+    write_report(out_dir, package, run_dir=run_folder(package), evaluation=result, figure=Path(out_dir) / "figure.png",
+                 pairs={"evaluated": pairs})  # fmt: skip
     if progress is not None:
         progress(total, total)
     return result
@@ -181,22 +183,6 @@ def _ranking(name: str, uncertainty: np.ndarray, generated: np.ndarray, hq: np.n
     error = calibration.absolute_error(generated, hq, axes, normalization)
     return {"name": name, "spearman": calibration.spearman(uncertainty, error), "median_uncertainty": float(np.median(uncertainty)),
             "rms_error": float(np.sqrt(np.mean(np.square(error, dtype=np.float64))))}  # fmt: skip
-
-
-def table_rows(result: Mapping[str, Any], key: str = "median") -> tuple[list[str], list[list[str]]]:
-    """Header and rows (MSE, SSIM, PSNR, NRMSE) of ``result[key]``: one column per method, then the relative change."""
-    block = result[key]
-    header = ["metric", *(f"{_label(name.removesuffix('_vs_hq'))} vs HQ" for name in block)]
-    change = _relative_change(block) if f"{GENERATED}_vs_hq" in block else None
-    if change is not None:
-        header.append("relative change")
-    rows = []
-    for metric in metrics.METRIC_NAMES:
-        row = [TABLE_LABELS[metric], *(_FORMATS[metric].format(values[metric]) for values in block.values())]
-        if change is not None:
-            row.append("n/a" if change[metric] is None else f"{change[metric]:+.1%}")
-        rows.append(row)
-    return header, rows
 
 
 def _lookup(arrays: Mapping[str, np.ndarray], pair: PairPaths, method: str) -> np.ndarray:
@@ -252,10 +238,6 @@ def _middle_plane(data: np.ndarray, axes: str) -> np.ndarray:
     return czyx[0, czyx.shape[1] // 2]
 
 
-def _label(method: str) -> str:
-    return "LQ" if method == LQ else method
-
-
 def _image_record(pair: PairPaths, scores: dict[str, Scores]) -> dict[str, Any]:
     return {
         "name": pair.name,
@@ -270,10 +252,11 @@ def _summary(per_image: list[dict[str, Any]], methods: list[str]) -> dict[str, A
     keys = [f"{m}_vs_hq" for m in methods]
     median = {k: _median([r[k] for r in per_image]) for k in keys}
     median_affine = {k: _median([r["affine"][k] for r in per_image]) for k in keys}
+    change = metrics.relative_change(median[f"{LQ}_vs_hq"], median[f"{GENERATED}_vs_hq"]) if GENERATED in methods else {}
     return {
         "median": median,
         "median_affine": median_affine,
-        "relative_change": _relative_change(median) if GENERATED in methods else {},
+        "relative_change": change,
         "per_image": per_image,
         "normalisation": metrics.NORMALISATION,
         "data_range": metrics.DATA_RANGE,
@@ -283,12 +266,6 @@ def _summary(per_image: list[dict[str, Any]], methods: list[str]) -> dict[str, A
 
 def _median(records: list[dict[str, float]]) -> dict[str, float]:
     return {m: float(np.median([r[m] for r in records])) for m in metrics.METRIC_NAMES}
-
-
-def _relative_change(block: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
-    """``(generated - lq) / |lq|`` per metric; ``None`` where the LQ value is 0 or not finite."""
-    lq, gen = block[f"{LQ}_vs_hq"], block[f"{GENERATED}_vs_hq"]
-    return {m: (gen[m] - lq[m]) / abs(lq[m]) if lq[m] != 0 and np.isfinite(lq[m]) else None for m in metrics.METRIC_NAMES}
 
 
 def _write_csv(path: Path, per_image: list[dict[str, Any]], methods: list[str]) -> None:
@@ -324,12 +301,12 @@ def _write_figure(path: Path, panels: list[_Panel]) -> None:
         for ax, method in zip(row, methods):
             plain = panel.scores[method]["plain"]
             ax.imshow(panel.planes[method], cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{_label(method)}\nSSIM {plain['ssim']:.3f}  PSNR {plain['psnr']:.1f} dB", fontsize=9)
+            ax.set_title(f"{method_label(method)}\nSSIM {plain['ssim']:.3f}  PSNR {plain['psnr']:.1f} dB", fontsize=9)
         hq_ax, error_ax = row[len(methods)], row[len(methods) + 1]
         hq_ax.imshow(panel.hq, cmap="gray", vmin=0, vmax=1)
         hq_ax.set_title("HQ", fontsize=9)
         error = error_ax.imshow(np.abs(panel.planes[shown] - panel.hq), cmap="magma", vmin=0, vmax=0.5)
-        error_ax.set_title(f"|{_label(shown)} - HQ|", fontsize=9)
+        error_ax.set_title(f"|{method_label(shown)} - HQ|", fontsize=9)
         fig.colorbar(error, ax=error_ax, shrink=0.8)
         if panel.uncertainty is not None:
             spread = row[-1].imshow(panel.uncertainty, cmap="magma", vmin=0, vmax=float(np.percentile(panel.uncertainty, 99.5)) or 1)

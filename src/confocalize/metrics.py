@@ -9,6 +9,8 @@ uses the same normalisation, once over the whole movie.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from skimage.metrics import structural_similarity
 
@@ -78,3 +80,15 @@ def frame_change(movie: np.ndarray, drift_px: tuple[int, int] = (0, 0)) -> dict[
     before = x[:-1, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
     change = np.abs(now - before)
     return {"mean": float(change.mean(dtype=np.float64)), "median": float(np.median(change))}
+
+
+def relative_change(lq: Mapping[str, float | None], generated: Mapping[str, float | None]) -> dict[str, float | None]:
+    """``(generated - lq) / |lq|`` per metric; ``None`` where a value is missing or the LQ value is 0 or not finite."""
+    change: dict[str, float | None] = {}
+    for m in METRIC_NAMES:
+        before, after = lq[m], generated[m]
+        if before is None or after is None or before == 0 or not np.isfinite(before):
+            change[m] = None
+        else:
+            change[m] = (after - before) / abs(before)
+    return change

@@ -5,6 +5,7 @@ Layout of a pairs folder::
     PAIRS_DIR/pairs.json     manifest (see :class:`PairRecord`)
     PAIRS_DIR/lq/NAME.ome.tif   LQ image (cropped to the common overlap when registered)
     PAIRS_DIR/hq/NAME.ome.tif   HQ image resampled onto the same grid, same shape as its LQ
+    PAIRS_DIR/overlays/NAME.png registration overlay for a person to check (see :func:`overlay_path`)
 
 Every record names the field of view it belongs to (``field``): splits into train, validation and
 test are made by field so that no field contributes to two sets.
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "pairs.json"
 MANIFEST_VERSION = 1
+OVERLAYS = "overlays"
 
 
 @dataclass
@@ -124,6 +126,12 @@ class PairPaths:
     hq: Path
 
 
+def overlay_path(pair: PairPaths) -> Path | None:
+    """The registration overlay of a pair from a pairs folder (``PAIRS_DIR/overlays/NAME.png``), if it has one."""
+    path = Path(pair.lq).parent.parent / OVERLAYS / f"{pair.name}.png"
+    return path if path.is_file() else None
+
+
 def collect_pairs(
     pairs_dir: str | os.PathLike | None = None,
     lq_dir: str | os.PathLike | None = None,
@@ -184,7 +192,7 @@ def register_folder(
         fld = given[0] if given and given[0] else field_of(image_stem(lq_path), field_pattern)
         record = PairRecord(name=name, field=fld, lq=f"lq/{name}.ome.tif", hq=f"hq/{name}.ome.tif",
                             source_lq=str(lq_path), source_hq=str(hq_path))  # fmt: skip
-        overlay = out / "overlays" / f"{name}.png"
+        overlay = out / OVERLAYS / f"{name}.png"
         try:
             lq = read_image(lq_path, pixel_size=lq_pixel_size)
             hq = read_image(hq_path, pixel_size=hq_pixel_size)

@@ -10,6 +10,7 @@ Run folder (``config.output_dir``)::
     logs/tensorboard/version_N/ TensorBoard events (when tensorboard is installed)
     model/                      model package of the generator from best.ckpt, with the calibration of
                                 enhance --uncertainty fitted on up to 8 validation images
+    report.html                 curves, split, overlays, provenance and settings (confocalize.report)
 
 ``trainer.max_steps`` counts GENERATOR updates. Lightning's ``global_step`` counts every
 optimizer step, two per batch with a discriminator, so the Trainer gets ``max_steps * n_optimizers``
@@ -64,9 +65,10 @@ from confocalize.guards import AtomicCheckpointIO, training_guards
 from confocalize.metrics import compare
 from confocalize.nets import PatchGAN, UNet
 from confocalize.finetune import check_channels, lineage, parent_package
-from confocalize.package import ModelPackage, Provenance, TrainingData, TrainingRun, build_generator, save_package
+from confocalize.package import ModelPackage, Provenance, TrainingData, TrainingRun, build_generator, load_package, save_package
 from confocalize.pairs import PairPaths, collect_pairs
 from confocalize.recipe import adversarial_ramp, budget_progress, ema_decay, lr_factor
+from confocalize.report import write_report
 from confocalize.residual_choice import choose_residual
 from confocalize.training_log import TrainingLog
 from confocalize.uncertainty import calibrate
@@ -339,6 +341,7 @@ def fit(
         )
         best_val = _export(config, out / "checkpoints" / BEST, model_dir, provenance, _pixel_size(train_images), channels,
                            split["val"][: config.trainer.calibrate_uncertainty])  # fmt: skip
+        write_report(out, load_package(model_dir), run_dir=out, pairs={"train": split["train"], "val": split["val"]})
     return TrainResult(out, model_dir, best_val, split_summary(split), module.generator_steps, time.monotonic() - start)
 
 
