@@ -8,7 +8,8 @@ which removes wide-field haze and most noise, with normalised cross-correlation 
 
 1. Scale from the two pixel sizes; when neither image has one, it is estimated in step 2.
 2. Coarse: for each flip and each rotation of a sweep, the masked NCC (Padfield) over all shifts on
-   a coarse grid; the best few distinct placements become hypotheses. Without pixel sizes the sweep
+   a coarse grid; the best few distinct placements (ranked by the Fisher z of their NCC times the root
+   of the pixels compared) become hypotheses. Without pixel sizes the sweep
    also runs over a geometric grid of scales (``scale_range``, ``scale_step``), on a grid half as
    fine with twice the angle step (the same displacement at the corners), so that the residual scale
    error is as small as the rotation's; the refinement then starts on that coarser grid.
