@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from confocalize.errors import ConfocalizeError, RegistrationError
 from confocalize.io import Image, read_image, write_image
-from confocalize.pairs import match_by_name, read_manifest, register_folder
+from confocalize.pairs import match_by_name, read_manifest, register_folder, summary_rows
 from confocalize.register import (
     RegistrationOptions,
     decompose,
@@ -140,6 +140,7 @@ def test_result_on_the_lq_grid():
     q = reg.quality
     assert q["status"] == "ok" and q["ncc_after"] > q["ncc_before"] + 0.3 and 0 < q["overlap_fraction"] <= 1
     assert q["scale"] == pytest.approx(0.5, rel=0.05) and isinstance(q["flip"], bool) and q["uncertainty_px"] < 0.3
+    assert q["scale_estimated"] is False and abs(q["scale_error"]) < 0.05
 
 
 def test_largest_rectangle_of_a_convex_mask():
@@ -188,9 +189,45 @@ def test_pixel_sizes_must_both_be_known():
         register_pair(Image(lq.data, "YX", None), hq)
 
 
+@pytest.mark.parametrize("ratio", [1.0, 1.047, 1.6, 0.7])
+def test_scale_is_estimated_without_pixel_sizes(ratio):
+    """Neither image has a pixel size (a true 1.047 used to be refused as 'scale 1.047 (expected 1.000)')."""
+    rng = np.random.default_rng(11)
+    lq, hq, truth = synthetic_pair(texture(rng), rng, ratio, size=128)
+    reg = register_pair(Image(lq.data, "YX", None), Image(hq.data, "YX", None))
+    assert point_rms(truth, reg.lq_from_hq, hq.data.shape, lq.data.shape) <= TOLERANCE
+    q = reg.quality
+    assert q["scale_estimated"] is True and q["scale_error"] is None
+    assert q["scale"] == pytest.approx(decompose(truth)["scale"], rel=0.01)
+
+
+def test_unrelated_images_are_refused_without_pixel_sizes():
+    rng = np.random.default_rng(12)
+    for s in (0.7, 1.0, 1.6):
+        lq, _, _ = synthetic_pair(texture(rng), rng, s, size=128)
+        _, hq, _ = synthetic_pair(texture(rng), rng, s, size=128)
+        with pytest.raises(RegistrationError, match=r"^image vs image: "):
+            register_pair(Image(lq.data, "YX", None), Image(hq.data, "YX", None))
+
+
+def test_pairs_json_and_summary_say_the_scale_was_estimated(tmp_path):
+    rng = np.random.default_rng(13)
+    lq, hq, _ = synthetic_pair(texture(rng), rng, 1.047, size=128)
+    write_image(tmp_path / "lq" / "a.tif", lq.data, "YX")
+    write_image(tmp_path / "hq" / "a.tif", hq.data, "YX")
+    (record,) = register_folder(match_by_name(tmp_path / "lq", tmp_path / "hq"), tmp_path / "pairs")
+    assert record.status == "ok", record.reason
+    (stored,) = read_manifest(tmp_path / "pairs")
+    assert stored.quality["scale_estimated"] is True and stored.pixel_size is None
+    header, rows = summary_rows([stored])
+    assert rows[0][header.index("scale")] == f"{stored.quality['scale']:.3f} (estimated)"
+
+
 def test_options_reject_unknown_settings():
     with pytest.raises(ValidationError):
         RegistrationOptions(min_overlapp=0.5)
+    with pytest.raises(ValidationError, match="lowest <= highest"):
+        RegistrationOptions(scale_range=(2.0, 0.5))
 
 
 def test_random_transforms_stay_in_the_stated_ranges():

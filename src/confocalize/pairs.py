@@ -227,13 +227,14 @@ def _unique(name: str, used: set[str]) -> str:
 
 def summary_rows(records: Sequence[PairRecord]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a registration summary table, one row per pair."""
-    header = ["pair", "status", "NCC before", "NCC after", "overlap", "rotation", "reason"]
+    header = ["pair", "status", "NCC before", "NCC after", "overlap", "rotation", "scale", "reason"]
     rows = []
     for r in records:
         q = r.quality
         rows.append([
             r.name, r.status, _fmt(q.get("ncc_before")), _fmt(q.get("ncc_after")), _fmt(q.get("overlap_fraction")),
-            _fmt(q.get("rotation_deg"), "{:.1f}°"), r.reason or "",
+            _fmt(q.get("rotation_deg"), "{:.1f}°"), _fmt(q.get("scale"), "{:.3f} (estimated)" if q.get("scale_estimated") else "{:.3f}"),
+            r.reason or "",
         ])
     return header, rows
 

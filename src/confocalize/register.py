@@ -6,11 +6,16 @@ with pixel centres at integers; ``lq_from_hq`` maps HQ pixel coordinates to LQ p
 Method, all lengths in LQ pixels. Images are compared after a difference-of-Gaussians band-pass,
 which removes wide-field haze and most noise, with normalised cross-correlation (NCC):
 
-1. Scale from the two pixel sizes.
+1. Scale from the two pixel sizes; when neither image has one, it is estimated in step 2.
 2. Coarse: for each flip and each rotation of a sweep, the masked NCC (Padfield) over all shifts on
-   a coarse grid; the best few distinct placements become hypotheses.
+   a coarse grid; the best few distinct placements (ranked by the Fisher z of their NCC times the root
+   of the pixels compared) become hypotheses. Without pixel sizes the sweep
+   also runs over a geometric grid of scales (``scale_range``, ``scale_step``), on a grid half as
+   fine with twice the angle step (the same displacement at the corners), so that the residual scale
+   error is as small as the rotation's; the refinement then starts on that coarser grid.
 3. Fine: each hypothesis is refined coarse to fine, the 6 affine parameters maximising the NCC by
-   Gauss-Newton steps (ECC). The best plausible fit must clearly beat the best distinct one.
+   Gauss-Newton steps (ECC). The best plausible fit must clearly beat the best distinct one (also
+   one at another scale of the sweep).
 4. The finer image is blurred to match the other (a wide-field image is blurrier than a confocal
    one; unmatched, the fit trades scale and shear for sharpness) and the fit is refined once more.
 5. Optional bead mode: point sources in both images, matched near the intensity solution, affine
@@ -18,6 +23,7 @@ which removes wide-field haze and most noise, with normalised cross-correlation 
 6. Checks, else :class:`RegistrationError`: overlap, plausible scale/shear/rotation, no ambiguity,
    a jackknife standard error below ``max_uncertainty_px`` and an NCC far above chance (Fisher z
    with the effective number of independent pixels). A wrong transform is never returned knowingly.
+   An estimated scale is checked against the sweep's scale, with ``max_scale_error`` widened by a step.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
@@ -45,6 +51,7 @@ DOG_RATIO = 2.5  # outer / inner sigma of the difference-of-Gaussians band-pass
 HQ_MIN_SIGMA = 0.5  # the finest band-pass is at least this many HQ pixels (matters for ratios above 4)
 EDGE = 1.5  # band-passed pixels closer than EDGE outer sigmas to an image edge are not compared
 FIX = "check that both show the same field and the pixel sizes (--lq-pixel-size/--hq-pixel-size)"
+MIN_RATIO, MAX_RATIO = 0.05, 20.0  # pixel-size ratios (HQ over LQ) that can be registered
 MIN_LEVEL_PIXELS = 24  # a pyramid level keeps at least this many pixels along each image side
 MIN_SIDE = 16  # pixels: smaller images are refused outright
 JACKKNIFE_SIDE = 3  # the jackknife drops, in turn, each of JACKKNIFE_SIDE**2 interleaved sets of blocks
@@ -64,6 +71,10 @@ class RegistrationOptions(Strict):
     coarse_size: int = Field(192, ge=32, le=1024, description="pixels across the coarse search grid")
     max_points: int = Field(2**17, ge=1000, description="most pixels sampled per refinement level")
     max_scale_error: float = Field(0.05, gt=0, lt=1, description="refuse a fitted scale this far from the pixel-size ratio")
+    scale_range: tuple[float, float] = Field(
+        (0.5, 2.0), description="neither pixel size known: the scale sweep covers HQ pixels of this many LQ pixels (lowest, highest)"
+    )
+    scale_step: float = Field(0.07, gt=0, le=0.5, description="neither pixel size known: relative step of the scale sweep")
     max_shear: float = Field(0.08, ge=0, lt=1, description="refuse a fitted shear or anisotropy above this")
     min_ncc: float = Field(0.15, gt=0, lt=1, description="refuse a band-passed NCC after registration below this")
     min_z: float = Field(7.0, gt=0, description="refuse unless the NCC is this many chance standard deviations (Fisher z) above 0")
@@ -72,17 +83,25 @@ class RegistrationOptions(Strict):
     hypotheses: int = Field(3, ge=2, le=10, description="distinct coarse placements refined and compared")
     min_beads: int = Field(6, ge=3, description="bead mode: least number of matched beads")
 
+    @field_validator("scale_range")
+    @classmethod
+    def _ordered_ratios(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not MIN_RATIO <= value[0] <= value[1] <= MAX_RATIO:
+            raise ValueError(f"needs {MIN_RATIO} <= lowest <= highest <= {MAX_RATIO}")
+        return value
+
 
 @dataclass
 class Registration:
     """The HQ image on the LQ grid, where it is valid, and how it got there.
 
-    ``quality``: ``ncc_before`` (band-passed NCC with the pixel-size scaling only), ``ncc_after``,
+    ``quality``: ``ncc_before`` (band-passed NCC with the nominal scaling only), ``ncc_after``,
     ``z_score`` (Fisher z of ``ncc_after`` against chance), ``ncc_fit`` and ``ncc_alternative`` (best
     fit and best distinct alternative before blur matching), ``uncertainty_px`` (jackknife standard
     error, LQ pixels RMS), ``lq_extra_blur_px`` (Gaussian sigma by which LQ is blurrier than HQ),
     ``overlap_fraction`` (of the smaller footprint), ``rotation_deg``, ``flip``, ``scale`` (LQ pixels
-    per HQ pixel), ``scale_error`` (against the pixel sizes), ``anisotropy``, ``shear``,
+    per HQ pixel), ``scale_error`` (against the pixel sizes; None when estimated), ``scale_estimated``
+    (True when neither image had a pixel size and a scale sweep found it), ``anisotropy``, ``shear``,
     ``bead_residual_nm`` (bead mode) and ``status``.
     """
 
@@ -134,10 +153,17 @@ class _Level:
 
 @dataclass(frozen=True)
 class _Candidate:
-    """A possible solution: its NCC and the transform it stands for."""
+    """A possible solution: its NCC, the transform it stands for and the scale its search assumed."""
 
     ncc: float
     lq_from_hq: np.ndarray
+    nominal: float  # the pixel-size ratio, or the scale of the sweep it was found at
+    samples: float = 1.0  # coarse search: grid pixels compared; refined fits compare by NCC alone
+
+    @property
+    def rank(self) -> float:
+        """Fisher z of the NCC times the root of the pixels compared (how far from chance, up to a constant)."""
+        return _fisher(self.ncc) * math.sqrt(self.samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,8 +175,9 @@ def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = No
 
     Multi-plane images register on a projection (mean over time, maximum over Z, sum of normalised
     channels) and every plane of ``hq`` (every frame of a time-lapse) is resampled with the one
-    transform. Raises :class:`ConfocalizeError` for unusable input (one pixel size missing, NaN, too
-    small, time-lapses of different lengths).
+    transform. When neither image has a pixel size the scale is estimated
+    (``quality["scale_estimated"]``). Raises :class:`ConfocalizeError` for unusable input (one pixel
+    size missing, NaN, too small, time-lapses of different lengths).
     """
     opts = options or RegistrationOptions()
     names = f"{_label(lq)} vs {_label(hq)}"
@@ -159,17 +186,25 @@ def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = No
     n_lq, n_hq = (im.data.shape[0] if im.axes.startswith("T") else 1 for im in (lq, hq))
     if n_lq != n_hq:
         raise ConfocalizeError(f"{names}: {n_lq} vs {n_hq} time points; pair time-lapses of as many frames, or single frames")
-    scale = pixel_ratio(lq, hq)
+    nominal = pixel_ratio(lq, hq)
+    estimated = nominal is None
     lq2, hq2 = projection(lq), projection(hq)
-    levels = _pyramid(lq2, hq2, scale, opts)
-    starts = _coarse_search(levels[0], scale, lq2.shape, hq2.shape, opts)
+    if nominal is None:  # a sweep over scales, on a grid half as fine with twice the angle step
+        scales, angle_step = _sweep_scales(opts), 2 * opts.angle_step_deg
+        coarsest = _sigmas(lq2.shape, hq2.shape, *opts.scale_range, opts.coarse_size // 2, opts)[0]
+    else:
+        scales, angle_step = [nominal], opts.angle_step_deg
+        coarsest = _sigmas(lq2.shape, hq2.shape, nominal, nominal, opts.coarse_size, opts)[0]
+    starts = _coarse_search(lq2, hq2, scales, coarsest, angle_step, opts)
     if not starts:
         raise RegistrationError(f"{names}: no placement overlapping by {opts.min_overlap:.0%} correlates at all (blank image?); {FIX}")
-    fits = [_refine_levels(levels, c.lq_from_hq, opts.max_points) for c in starts]
-    plausible = [_Candidate(_ncc(levels[-1], m, opts.max_points), m) for m in fits if _implausible(m, scale, opts) is None]
+    pyramids = {c.nominal: _pyramid(lq2, hq2, c.nominal, opts, coarsest) for c in starts}
+    fits = [(c.nominal, _refine_levels(pyramids[c.nominal], c.lq_from_hq, opts.max_points)) for c in starts]
+    plausible = [_Candidate(_ncc(pyramids[s][-1], m, opts.max_points), m, s) for s, m in fits if _implausible(m, s, estimated, opts) is None]
     if not plausible:
-        raise RegistrationError(f"{names}: {_implausible(fits[0], scale, opts)}; {FIX}")
-    best, *rivals = _distinct(plausible, DOG_RATIO * levels[0].sigma, hq2.shape, lq2.shape, 2)
+        raise RegistrationError(f"{names}: {_implausible(fits[0][1], fits[0][0], estimated, opts)}; {FIX}")
+    best, *rivals = _distinct(plausible, DOG_RATIO * coarsest, hq2.shape, lq2.shape, 2)
+    scale, levels = best.nominal, pyramids[best.nominal]
     fine, blur = _match_blur(lq2, hq2, scale, levels[-1], best.lq_from_hq, opts.max_points)
     lq_from_hq = _refine(fine, best.lq_from_hq, opts.max_points)
     quality: dict[str, Any] = {
@@ -182,8 +217,8 @@ def register_pair(lq: Image, hq: Image, options: RegistrationOptions | None = No
         lq_from_hq, residual_px = _bead_fit(lq2, hq2, lq_from_hq, scale, opts, names)
         quality["bead_residual_nm"] = residual_px * lq.pixel_size * 1e3 if lq.pixel_size else None
     overlap = overlap_mask(lq2.shape, hq2.shape, lq_from_hq)
-    quality.update(_measure(fine, lq_from_hq, scale, overlap, hq2.shape, opts))
-    _check(quality, lq_from_hq, scale, opts, names)
+    quality.update(_measure(fine, lq_from_hq, scale, estimated, overlap, hq2.shape, opts))
+    _check(quality, lq_from_hq, scale, estimated, opts, names)
     hq_on_lq = resample(hq.data, lq_from_hq, lq2.shape) * overlap
     return Registration(hq_on_lq.astype(np.float32), hq.axes, overlap, largest_rectangle(overlap), lq_from_hq, quality)
 
@@ -200,16 +235,16 @@ def _check_input(image: Image) -> None:
         raise RegistrationError(f"{label}: is blank (every pixel {data.flat[0]}); nothing to register, check the file")
 
 
-def pixel_ratio(lq: Image, hq: Image) -> float:
-    """HQ pixel size in LQ pixels (the nominal ``lq_from_hq`` scale); equal sizes if neither is known."""
+def pixel_ratio(lq: Image, hq: Image) -> float | None:
+    """HQ pixel size in LQ pixels (the nominal ``lq_from_hq`` scale); None if neither is known (then it is estimated)."""
     if lq.pixel_size is None and hq.pixel_size is None:
-        return 1.0
+        return None
     if lq.pixel_size is None or hq.pixel_size is None:
         missing = lq if lq.pixel_size is None else hq
         flag = "--lq-pixel-size" if missing is lq else "--hq-pixel-size"
         raise ConfocalizeError(f"{_label(missing)}: pixel size unknown; pass {flag} (µm) so that the two microscopes can be scaled")
     ratio = hq.pixel_size / lq.pixel_size
-    if not 0.05 <= ratio <= 20:
+    if not MIN_RATIO <= ratio <= MAX_RATIO:
         raise ConfocalizeError(f"{_label(lq)} vs {_label(hq)}: pixel sizes differ {ratio:.3g}-fold; check --lq-pixel-size/--hq-pixel-size")
     return ratio
 
@@ -365,18 +400,26 @@ def synthetic_pair(
 # Pyramid and band-pass
 
 
-def _pyramid(lq: np.ndarray, hq: np.ndarray, scale: float, opts: RegistrationOptions) -> list[_Level]:
-    """Levels from coarse to fine; the coarsest has about ``coarse_size`` pixels across the smaller footprint."""
-    footprint = min(max(lq.shape), max(hq.shape) * scale)
-    sigma = max(opts.sigma_px, HQ_MIN_SIGMA * scale)
-    levels = [_level(lq, hq, scale, sigma, opts.sigma_px)]
-    while footprint / levels[-1].lq.factor > opts.coarse_size:
-        sigma *= 2
-        factors = _factors(scale, sigma, opts.sigma_px)
-        if min(lq.shape) / factors[0] < MIN_LEVEL_PIXELS or min(hq.shape) / factors[1] < MIN_LEVEL_PIXELS:
+def _pyramid(lq: np.ndarray, hq: np.ndarray, scale: float, opts: RegistrationOptions, coarsest: float = 0.0) -> list[_Level]:
+    """Levels from coarse to fine at ``scale``, the coarsest with at most ``coarse_size`` pixels across the
+    smaller footprint; a level band-passed at ``coarsest`` (LQ pixels) goes first when that is coarser."""
+    sigmas = _sigmas(lq.shape, hq.shape, scale, scale, opts.coarse_size, opts)
+    return [_level(lq, hq, scale, sigma, opts.sigma_px) for sigma in ([coarsest] if coarsest > sigmas[0] else []) + sigmas]
+
+
+def _sigmas(
+    lq_shape: tuple[int, ...], hq_shape: tuple[int, ...], low: float, high: float, size: int, opts: RegistrationOptions
+) -> list[float]:
+    """Band-pass scales (LQ pixels) of the levels for scales ``low`` to ``high``, coarse to fine, doubling until
+    a level has at most ``size`` pixels across the smaller footprint (at ``high``) or a coarser one would be too small (at ``low``)."""
+    footprint = min(max(lq_shape), max(hq_shape) * high)
+    sigmas = [max(opts.sigma_px, HQ_MIN_SIGMA * high)]
+    while footprint / _factors(high, sigmas[-1], opts.sigma_px)[0] > size:
+        lq_factor, hq_factor = _factors(low, 2 * sigmas[-1], opts.sigma_px)
+        if min(lq_shape) / lq_factor < MIN_LEVEL_PIXELS or min(hq_shape) / hq_factor < MIN_LEVEL_PIXELS:
             break
-        levels.append(_level(lq, hq, scale, sigma, opts.sigma_px))
-    return levels[::-1]
+        sigmas.append(2 * sigmas[-1])
+    return sigmas[::-1]
 
 
 def _factors(scale: float, sigma: float, sigma_px: float) -> tuple[int, float]:
@@ -424,28 +467,41 @@ def _bandpass(image: np.ndarray, sigma: float, blur: float = 0.0) -> np.ndarray:
 # Coarse search
 
 
+def _sweep_scales(opts: RegistrationOptions) -> list[float]:
+    """Scales of the sweep: a geometric grid over ``opts.scale_range``, steps of at most ``opts.scale_step``."""
+    low, high = opts.scale_range
+    return np.geomspace(low, high, math.ceil(math.log(high / low) / math.log1p(opts.scale_step) - 1e-9) + 1).tolist()
+
+
 def _coarse_search(
-    level: _Level, scale: float, lq_shape: tuple[int, int], hq_shape: tuple[int, int], opts: RegistrationOptions
+    lq: np.ndarray, hq: np.ndarray, scales: list[float], sigma: float, angle_step: float, opts: RegistrationOptions
 ) -> list[_Candidate]:
-    """The best ``opts.hypotheses`` distinct placements (flip, rotation, shift) by masked NCC, best first."""
-    steps = int(math.floor(opts.max_rotation_deg / opts.angle_step_deg + 1e-9))
-    angles = np.linspace(-steps, steps, 2 * steps + 1) * opts.angle_step_deg
-    guesses = [
-        _translation(_centre(lq_shape)) @ _rotation(math.radians(angle)) @ _mirror(flip) @ np.diag([scale, scale, 1]) @ _translation(-_centre(hq_shape))
-        for flip in ((False, True) if opts.allow_flip else (False,))
-        for angle in angles
-    ]
-    canvases = [_canvas(level, guess, hq_shape) for guess in guesses]
-    lq_mask = level.lq.inside(_grid_xy(level.lq.image.shape)).reshape(level.lq.image.shape)
-    correlate = _MaskedNcc(level.lq.image, lq_mask, tuple(np.max([c[0].shape for c in canvases], axis=0)))
-    radius = max(1, int(round(level.lq.sigma)))
+    """The best ``opts.hypotheses`` distinct placements (scale, flip, rotation, shift) by masked NCC, best first.
+
+    Both images are band-passed at ``sigma`` LQ pixels for every scale, so that the NCCs compare; they
+    rank by :attr:`_Candidate.rank`, as a small overlap (a small scale) correlates highly by chance.
+    The rotations cover ``+-opts.max_rotation_deg`` in steps of at most ``angle_step``.
+    """
+    steps = math.ceil(opts.max_rotation_deg / angle_step - 1e-9)
+    angles = np.linspace(-opts.max_rotation_deg, opts.max_rotation_deg, 2 * steps + 1)
     found = []
-    for guess, (canvas, valid, origin) in zip(guesses, canvases):
-        ncc = correlate(canvas, valid, opts.min_overlap)
-        for row, col in peak_local_max(ncc, min_distance=radius, num_peaks=3, exclude_border=False):
-            shift = np.array([col - (canvas.shape[1] - 1), row - (canvas.shape[0] - 1)], float) - origin  # LQ grid pixels
-            found.append(_Candidate(float(ncc[row, col]), _translation(shift * level.lq.factor) @ guess))
-    return _distinct(found, DOG_RATIO * level.sigma, hq_shape, lq_shape, opts.hypotheses)
+    for scale in scales:
+        level = _level(lq, hq, scale, sigma, opts.sigma_px)
+        guesses = [
+            _translation(_centre(lq.shape)) @ _rotation(math.radians(angle)) @ _mirror(flip) @ np.diag([scale, scale, 1]) @ _translation(-_centre(hq.shape))
+            for flip in ((False, True) if opts.allow_flip else (False,))
+            for angle in angles
+        ]
+        canvases = [_canvas(level, guess, hq.shape) for guess in guesses]
+        lq_mask = level.lq.inside(_grid_xy(level.lq.image.shape)).reshape(level.lq.image.shape)
+        correlate = _MaskedNcc(level.lq.image, lq_mask, tuple(np.max([c[0].shape for c in canvases], axis=0)))
+        radius = max(1, int(round(level.lq.sigma)))
+        for guess, (canvas, valid, origin) in zip(guesses, canvases):
+            ncc, pairs = correlate(canvas, valid, opts.min_overlap)
+            for row, col in peak_local_max(ncc, min_distance=radius, num_peaks=3, exclude_border=False):
+                shift = np.array([col - (canvas.shape[1] - 1), row - (canvas.shape[0] - 1)], float) - origin  # LQ grid pixels
+                found.append(_Candidate(float(ncc[row, col]), _translation(shift * level.lq.factor) @ guess, scale, float(pairs[row, col])))
+    return _distinct(found, DOG_RATIO * sigma, hq.shape, lq.shape, opts.hypotheses)
 
 
 def _canvas(level: _Level, guess: np.ndarray, hq_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -473,8 +529,8 @@ class _MaskedNcc:
         image = fixed * mask
         self.image, self.squared, self.mask = (scipy.fft.rfft2(x, self.shape) for x in (image, image * image, mask))
 
-    def __call__(self, moving: np.ndarray, moving_mask: np.ndarray, min_overlap: float) -> np.ndarray:
-        """NCC for every shift whose overlap is at least ``min_overlap`` of the largest (0 elsewhere)."""
+    def __call__(self, moving: np.ndarray, moving_mask: np.ndarray, min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+        """NCC for every shift whose overlap is at least ``min_overlap`` of the largest (0 elsewhere), and the pixels compared."""
         mask = moving_mask[::-1, ::-1].astype(np.float64)
         image = moving[::-1, ::-1] * mask
         spectra = [scipy.fft.rfft2(x, self.shape) for x in (image, image * image, mask)]
@@ -491,15 +547,15 @@ class _MaskedNcc:
         denominator = np.sqrt(var_fixed * var_moving)
         ncc = np.where(denominator > 1e-9 * denominator.max(), numerator / np.maximum(denominator, 1e-300), 0.0)
         ncc[pairs < min_overlap * pairs.max()] = 0.0
-        return np.clip(ncc, -1, 1)
+        return np.clip(ncc, -1, 1), pairs
 
 
 def _distinct(
     candidates: list[_Candidate], distance: float, hq_shape: tuple[int, int], lq_shape: tuple[int, int], count: int
 ) -> list[_Candidate]:
-    """Up to ``count`` best candidates that place HQ more than ``distance`` LQ pixels (RMS) apart."""
+    """Up to ``count`` best-ranked candidates that place HQ more than ``distance`` LQ pixels (RMS) apart."""
     kept: list[_Candidate] = []
-    for candidate in sorted(candidates, key=lambda c: -c.ncc):
+    for candidate in sorted(candidates, key=lambda c: -c.rank):
         if all(point_rms(k.lq_from_hq, candidate.lq_from_hq, hq_shape, lq_shape) > distance for k in kept):
             kept.append(candidate)
             if len(kept) == count:
@@ -796,9 +852,15 @@ def _mutual_nearest(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[np.nda
 
 
 def _measure(
-    fine: _Level, lq_from_hq: np.ndarray, scale: float, overlap: np.ndarray, hq_shape: tuple[int, int], opts: RegistrationOptions
+    fine: _Level,
+    lq_from_hq: np.ndarray,
+    scale: float,
+    estimated: bool,
+    overlap: np.ndarray,
+    hq_shape: tuple[int, int],
+    opts: RegistrationOptions,
 ) -> dict[str, Any]:
-    """NCC before/after, overlap fraction and the transform's parameters."""
+    """NCC before/after, overlap fraction and the transform's parameters (``scale``: nominal, ``estimated`` by the sweep)."""
     scale_only = np.array([[scale, 0, (scale - 1) / 2], [0, scale, (scale - 1) / 2], [0, 0, 1]])
     footprint = hq_shape[0] * hq_shape[1] * _scale(lq_from_hq) ** 2
     ncc_after, chance_std = _ncc(fine, lq_from_hq, opts.max_points), _chance_std(fine, lq_from_hq, opts.max_points)
@@ -808,27 +870,33 @@ def _measure(
         "z_score": _z_score(ncc_after, chance_std),
         "overlap_fraction": float(overlap.sum() / min(overlap.size, footprint)),
         **decompose(lq_from_hq),
-        "scale_error": float(_scale(lq_from_hq) / scale - 1),
+        "scale_error": None if estimated else float(_scale(lq_from_hq) / scale - 1),
+        "scale_estimated": estimated,
         "status": "ok",
     }
 
 
-def _implausible(lq_from_hq: np.ndarray, scale: float, opts: RegistrationOptions) -> str | None:
-    """Why a transform cannot be the one between the two microscopes, or None when it can."""
+def _implausible(lq_from_hq: np.ndarray, scale: float, estimated: bool, opts: RegistrationOptions) -> str | None:
+    """Why a transform cannot be the one between the two microscopes, or None when it can.
+
+    ``scale`` is the pixel-size ratio or, ``estimated``, the sweep's scale, which allows one sweep step more.
+    """
     p = decompose(lq_from_hq)
-    if abs(p["scale"] / scale - 1) > opts.max_scale_error or max(abs(p["shear"]), abs(p["anisotropy"])) > opts.max_shear:
-        return f"implausible fit: scale {p['scale']:.3f} (expected {scale:.3f}), shear {p['shear']:.2f}, anisotropy {p['anisotropy']:.2f}"
+    tolerance = opts.max_scale_error + (opts.scale_step if estimated else 0.0)
+    if abs(p["scale"] / scale - 1) > tolerance or max(abs(p["shear"]), abs(p["anisotropy"])) > opts.max_shear:
+        expected = f"the scale sweep found {scale:.3f}" if estimated else f"expected {scale:.3f}"
+        return f"implausible fit: scale {p['scale']:.3f} ({expected}), shear {p['shear']:.2f}, anisotropy {p['anisotropy']:.2f}"
     if abs(p["rotation_deg"]) > opts.max_rotation_deg + opts.angle_step_deg:
         return f"fitted rotation {p['rotation_deg']:.1f}° is outside +-{opts.max_rotation_deg}°"
     return None
 
 
-def _check(quality: dict[str, Any], lq_from_hq: np.ndarray, scale: float, opts: RegistrationOptions, names: str) -> None:
+def _check(quality: dict[str, Any], lq_from_hq: np.ndarray, scale: float, estimated: bool, opts: RegistrationOptions, names: str) -> None:
     """Raise :class:`RegistrationError` unless the result is plausible, unambiguous and above chance."""
     q = quality
     if q["overlap_fraction"] < opts.min_overlap:
         raise RegistrationError(f"{names}: images overlap by {q['overlap_fraction']:.0%} only (need {opts.min_overlap:.0%}); {FIX}")
-    if (problem := _implausible(lq_from_hq, scale, opts)) is not None:
+    if (problem := _implausible(lq_from_hq, scale, estimated, opts)) is not None:
         raise RegistrationError(f"{names}: {problem}; {FIX}")
     if _fisher(q["ncc_fit"]) < opts.min_ncc_ratio * _fisher(q["ncc_alternative"]):
         raise RegistrationError(
