@@ -8,6 +8,7 @@ matched within 3 px). Shares are medians over test images.
 
     python benchmarks/quality.py --w2s-every 4 4 --work-dir /tmp/qwork
     python benchmarks/structures.py --work-dir /tmp/qwork
+    python benchmarks/structures.py --work-dir /tmp/qwork --tracks B   # one track (B: 4 test images, minutes)
 
 Writes ``benchmarks/results/structures.json``.
 """
@@ -80,6 +81,7 @@ def score_track(name: str, work: Path, quality: dict[str, Any]) -> dict[str, Any
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, required=True, help="the --work-dir of a finished quality.py run")
+    parser.add_argument("--tracks", default="ABC", help="which of the run's tracks, e.g. B")
     args = parser.parse_args(argv)
     quiet_lightning()
     quality = json.loads((RESULTS / "quality.json").read_text())
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "(0.3 x its 99.5th percentile response), matched within 3 px; shares are medians over test images",
         "tracks": {},
     }  # fmt: skip
-    for name in quality["tracks"]:
+    for name in (t for t in quality["tracks"] if t in args.tracks):
         doc["tracks"][name] = summary = score_track(name, args.work_dir, quality)
         rows = [[m, *(_pct(r["median"][k]) for k in SHARES), r["total"]["spots"], r["total"]["filament_px"]]
                 for m, r in summary["methods"].items()]  # fmt: skip
