@@ -364,24 +364,12 @@ def report(results: Mapping[str, dict[str, Any]]) -> str:
         lines += ["## Targets", "", *table(["target", "measured", "met"], targets), ""]
     if quality:
         lines += ["Verdicts:", "", *(f"- {tr['verdict']}" for tr in quality["tracks"].values()), ""]
-    if speed:
-        lines += speed_section(speed)
-    if quality:
-        lines += quality_section(quality)
-    if recipe:
-        lines += recipe_section(recipe)
-    if budget:
-        lines += train_budget_section(budget)
-    if finetune:
-        lines += finetune_section(finetune)
-    if trust:
-        lines += trust_section(trust)
-    if structures:
-        lines += structures_section(structures)
-    if flicker:
-        lines += flicker_section(flicker)
-    if reg:
-        lines += registration_section(reg)
+    sections = ((speed, speed_section), (quality, quality_section), (recipe, recipe_section), (budget, train_budget_section),
+                (finetune, finetune_section), (trust, trust_section), (structures, structures_section),
+                (flicker, flicker_section), (reg, registration_section))  # fmt: skip
+    for doc, section in sections:
+        if doc:
+            lines += section(doc)
     return "\n".join(lines).rstrip() + "\n"
 
 
