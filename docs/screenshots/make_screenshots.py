@@ -1,6 +1,7 @@
 """Screenshots of the napari plugin's three widgets at work on real data -> docs/screenshots/{enhance,register,train}.png.
 
     QT_QPA_PLATFORM=xcb xvfb-run -a .venv/bin/python docs/screenshots/make_screenshots.py   # about 3 minutes on 2 cores
+    ... make_screenshots.py --only enhance --only register --out DIR   # what tests/test_napari_window.py checks
 
 napari draws with OpenGL, which Qt's offscreen platform does not give: run it on a screen or on a
 virtual one (Debian: apt-get install xvfb).
@@ -14,6 +15,7 @@ Each PNG is palette-quantised and shrunk until it is under 400 KB.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import sys
@@ -35,7 +37,6 @@ from confocalize.pairs import register_folder
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CONFOCALIZE_DATA", REPO.parent / "shared" / "data"))
-OUT = Path(__file__).resolve().parent
 MAX_BYTES = 400_000
 WINDOW = (1600, 900)
 
@@ -68,8 +69,8 @@ def viewer_with(widget_type: type[QWidget], name: str) -> tuple[napari.Viewer, Q
     return viewer, widget
 
 
-def save(viewer: napari.Viewer, name: str) -> Path:
-    """The whole window as ``OUT/NAME.png``, under :data:`MAX_BYTES`."""
+def save(viewer: napari.Viewer, out: Path, name: str) -> Path:
+    """The whole window as ``out/NAME.png``, under :data:`MAX_BYTES`."""
     QApplication.processEvents()
     pixels = viewer.screenshot(canvas_only=False, flash=False)
     rgb = PILImage.fromarray(np.asarray(pixels)[..., :3])
@@ -81,14 +82,14 @@ def save(viewer: napari.Viewer, name: str) -> Path:
         if buffer.tell() <= MAX_BYTES:
             break
         width = width * 7 // 8
-    path = OUT / f"{name}.png"
+    path = out / f"{name}.png"
     with atomic_write(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
     print(f"wrote {path} ({buffer.tell() // 1000} KB)", flush=True)
     return path
 
 
-def enhance() -> None:
+def enhance(out: Path) -> None:
     """W2S field 001, one wide-field frame, enhanced by w2s-denoise with its uncertainty; the three side by side."""
     image = read_image(DATA / "w2s_widefield" / "avg1" / "001_0.png")
     viewer, widget = viewer_with(EnhanceWidget, "Enhance")
@@ -100,11 +101,11 @@ def enhance() -> None:
     viewer.canvas.grid.enabled = True
     viewer.canvas.grid.shape = (1, 3)
     viewer.reset_view()
-    save(viewer, "enhance")
+    save(viewer, out, "enhance")
     viewer.close()
 
 
-def register() -> None:
+def register(out: Path) -> None:
     """DSCM mitochondria field 2: the STED image onto the confocal grid (a ~2 px shift); magenta/green overlay."""
     folder = DATA / "dscm_confocal_sted" / "Mito"
     viewer, widget = viewer_with(RegisterWidget, "Register")
@@ -114,34 +115,41 @@ def register() -> None:
     widget.hq.setCurrentText("STED 2")
     press(widget)
     viewer.reset_view()
-    save(viewer, "register")
+    save(viewer, out, "register")
     viewer.close()
 
 
-def train(work: Path) -> None:
-    """Six W2S fields (channel 0, single frame -> 400-frame average) registered into a pairs folder, then 1 minute of training."""
+def train(out: Path) -> None:
+    """Six W2S fields (channel 0, single frame -> 400-frame average) registered into a pairs folder (in a temporary folder), then 1 minute of training."""
     names = [f"{field:03d}_0.png" for field in range(1, 7)]
     pairs = [(DATA / "w2s_widefield" / "avg1" / n, DATA / "w2s_widefield" / "avg400" / n) for n in names]
-    register_folder(pairs, work / "w2s-pairs")
-    viewer, widget = viewer_with(TrainWidget, "Train")
-    viewer.add_image(read_image(pairs[0][0]).data, name="W2S 001 wide-field")
-    widget.pairs.setText(str(work / "w2s-pairs"))
-    widget.pairs.editingFinished.emit()
-    widget.minutes.setValue(1.0)
-    widget.val_every.setValue(25)
-    press(widget)
-    save(viewer, "train")
-    viewer.close()
+    with tempfile.TemporaryDirectory() as work:
+        register_folder(pairs, Path(work) / "w2s-pairs")
+        viewer, widget = viewer_with(TrainWidget, "Train")
+        viewer.add_image(read_image(pairs[0][0]).data, name="W2S 001 wide-field")
+        widget.pairs.setText(str(Path(work) / "w2s-pairs"))
+        widget.pairs.editingFinished.emit()
+        widget.minutes.setValue(1.0)
+        widget.val_every.setValue(25)
+        press(widget)
+        save(viewer, out, "train")
+        viewer.close()
 
 
-def main() -> int:
+SHOTS: dict[str, Callable[[Path], None]] = {"enhance": enhance, "register": register, "train": train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(SHOTS), help="this widget only (repeatable; default: all three)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="folder of the PNGs (default: docs/screenshots)")
+    args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"real data not found at {DATA}; set CONFOCALIZE_DATA", file=sys.stderr)
         return 2
-    enhance()
-    register()
-    with tempfile.TemporaryDirectory() as work:
-        train(Path(work))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.only or list(SHOTS):
+        SHOTS[name](args.out)
     return 0
 
 
