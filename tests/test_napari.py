@@ -30,6 +30,7 @@ from confocalize.errors import ConfocalizeError  # noqa: E402
 from confocalize.io import Image, write_image  # noqa: E402
 from confocalize.napari.enhance_widget import TRAINED_MODELS, EnhanceWidget  # noqa: E402
 from confocalize.napari.layers import layer_image  # noqa: E402
+from confocalize.napari.reader import napari_get_reader  # noqa: E402
 from confocalize.napari.register_widget import RegisterWidget  # noqa: E402
 from confocalize.napari.train_widget import TrainWidget  # noqa: E402
 from confocalize.package import ModelPackage, Provenance, build_generator, load_package, save_package  # noqa: E402
@@ -100,6 +101,33 @@ def test_manifest_declares_the_three_widgets() -> None:
         module, _, name = command.python_name.partition(":")
         assert issubclass(getattr(__import__(module, fromlist=[name]), name), QWidget)
     assert 'confocalize = "confocalize.napari:napari.yaml"' in (MANIFEST.parents[3] / "pyproject.toml").read_text()
+
+
+def test_reader_opens_a_stack_with_its_pixel_size_and_gives_it_back(viewer: ViewerModel, tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 60000, (3, 2, 20, 24), dtype=np.uint16)
+    path = write_image(tmp_path / "cells.ome.tif", data, "CZYX", pixel_size=0.08, z_step=0.3)
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None and napari_get_reader([str(path)] * 2) is None
+    for layer_data in napari_get_reader(str(path))(str(path)):
+        viewer._add_layer_from_data(*layer_data)  # as napari adds what a reader returns
+    layer = viewer.layers["cells"]
+    assert [str(u) for u in layer.units] == ["pixel", "micrometer", "micrometer", "micrometer"]
+    assert list(layer.scale) == pytest.approx([1.0, 0.3, 0.08, 0.08])
+    image = layer_image(layer)
+    assert image.axes == "CZYX" and image.pixel_size == pytest.approx(0.08) and image.z_step == pytest.approx(0.3)
+    assert image.data.dtype == np.uint16 and np.array_equal(image.data, data)
+
+
+def test_installed_plugin_reads_tiffs_through_npe2(tmp_path: Path) -> None:
+    """napari finds the plugin by its entry point and offers its reader for TIFFs (as File > Open does)."""
+    import npe2
+
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    (reader,) = manifest.contributions.readers
+    assert {"*.tif", "*.tiff", "*.czi", "*.nd2", "*.lif"} <= set(reader.filename_patterns)
+    path = write_image(tmp_path / "one.tif", np.ones((8, 8), dtype=np.uint16), "YX", pixel_size=0.5)
+    npe2.PluginManager.instance().discover()
+    ((data, kwargs, kind),) = npe2.read([str(path)], stack=False, plugin_name="confocalize")
+    assert kind == "image" and kwargs["scale"] == [0.5, 0.5] and data.dtype == np.uint16
 
 
 def test_enhance_adds_the_result_and_its_maps_on_the_input_grid(viewer: ViewerModel, make, qtbot, model: Path) -> None:

@@ -1,6 +1,6 @@
 """napari image layers as :class:`confocalize.io.Image` and back, and a chooser of image layers.
 
-A layer's axes: ``metadata["confocalize_axes"]`` where a result of this plugin set it, else from its
+A layer's axes: ``metadata["confocalize_axes"]`` where this plugin's reader or a result of it set it, else from its
 number of dimensions (2: ``YX``, 3: ``ZYX``, 4: ``CZYX``). Its pixel size in µm: the layer's scale
 where its units are lengths (napari's ``units``), or its scale as napari's long-standing convention
 (µm) where the units are the default ``pixel`` and the scale is not 1; else unknown.
@@ -19,8 +19,7 @@ from qtpy.QtWidgets import QComboBox
 
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image
-
-AXES_KEY = "confocalize_axes"  # layer metadata: the axes of a layer this plugin made
+from confocalize.napari.reader import AXES_KEY
 AXES_BY_NDIM = {2: "YX", 3: "ZYX", 4: "CZYX"}
 MICRON = "µm"
 
