@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,15 @@ import tifffile
 import torch
 import zarr
 
-from confocalize.chunked import chunk_size, enhance_lazy, enhance_to_zarr
+from confocalize.chunked import chunk_size, enhance_lazy, enhance_lazy_with_uncertainty, enhance_to_zarr, tta_margin
 from confocalize.cli import main
 from confocalize.config import GeneratorConfig, NormalizationConfig
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, read_image, write_image
 from confocalize.lazyio import create_ome_zarr, open_lazy
-from confocalize.package import ModelPackage, build_generator, save_package
+from confocalize.package import ModelPackage, UncertaintyCalibration, build_generator, save_package
 from confocalize.predict import to_dtype, enhance_image
+from confocalize.uncertainty import enhance_with_uncertainty
 
 
 def random_package(depth: int = 2, in_channels: int = 1, out_channels: int = 1, context: int = 0) -> ModelPackage:
@@ -53,6 +55,21 @@ def test_lazy_enhance_equals_enhance_image(rng, in_channels, out_channels, conte
     result = lazy.data.compute(scheduler="synchronous")
     assert expected.data.std() > 0.01
     np.testing.assert_allclose(result, expected.data, atol=1e-5)
+
+
+def test_lazy_uncertainty_equals_the_whole_image_estimate(rng):
+    """Chunks enhanced in 8 orientations with the smoothing margin: the mean and calibrated uncertainty of
+    enhance_with_uncertainty on the whole image (sizes on the down-sampling grid, so every orientation aligns)."""
+    cal = UncertaintyCalibration(scale=2.0, signal=0.01, floor=0.001, median_p95=0.1, n_images=1)
+    package = replace(random_package(), uncertainty=cal)
+    image = Image(rng.gamma(2.0, 100.0, (2, 96, 120)).astype(np.float32), "ZYX", pixel_size=0.2)
+    expected = enhance_with_uncertainty(package, image, tile=256, backend="torch")
+    mean, uncertainty = enhance_lazy_with_uncertainty(package, image, tile=256, chunk=40, backend="torch")
+    assert len(mean.data.chunks[-1]) == 3 and tta_margin(package.generator) == 8  # several chunks; smoothing radius 6 on the grid of 4
+    assert (uncertainty.axes, uncertainty.pixel_size) == ("ZYX", 0.2)
+    assert expected.uncertainty.data.std() > 1e-3
+    np.testing.assert_allclose(mean.data.compute(scheduler="synchronous"), expected.image.data, atol=1e-5)
+    np.testing.assert_allclose(uncertainty.data.compute(scheduler="synchronous"), expected.uncertainty.data, atol=1e-5)
 
 
 def test_default_chunk_and_halo_make_one_tile():
@@ -127,6 +144,21 @@ def test_cli_streams_into_ome_zarr(tmp_path, rng):
     assert main(["enhance", str(tmp_path / "model"), str(src), "-o", str(tmp_path / "out"), "--format", "zarr"]) == 0
     assert open_lazy(tmp_path / "out" / "a.ome.zarr").data.shape == (40, 50)
     assert main(["enhance", str(tmp_path / "model"), str(src), "-o", str(tmp_path / "out"), "--workers", "2"]) == 2
+
+
+def test_cli_zarr_uncertainty_writes_both_maps_once(tmp_path, rng, capsys):
+    save_package(random_package(), tmp_path / "model")
+    src = write_image(tmp_path / "a.tif", rng.random((40, 50), dtype=np.float32), "YX", pixel_size=0.1)
+    args = ["enhance", str(tmp_path / "model"), str(src), "-o", str(tmp_path / "out"), "--format", "zarr", "--uncertainty", "--backend", "torch"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.ome.zarr", "a.uncertainty.ome.zarr"]
+    expected = enhance_with_uncertainty(random_package(), read_image(src), backend="torch")
+    np.testing.assert_allclose(open_lazy(tmp_path / "out" / "a.ome.zarr").data.compute(), expected.image.data, atol=1e-5)
+    stored = open_lazy(tmp_path / "out" / "a.uncertainty.ome.zarr")
+    assert stored.pixel_size == pytest.approx(0.1)
+    np.testing.assert_allclose(stored.data.compute(), expected.uncertainty.data, atol=1e-5)
+    printed = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert f"a: median uncertainty {np.median(expected.uncertainty.data):.4f} (raw spread" in printed and "each with its uncertainty map" in printed
 
 
 @pytest.mark.slow

@@ -106,6 +106,7 @@ def test_cli_enhance_writes_the_uncertainty_and_a_summary(package: ModelPackage,
     assert "cell: median uncertainty" in capsys.readouterr().out
     assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "out")]) == 0  # other settings: enhanced again
     assert "wrote 1" in capsys.readouterr().out
-    assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "z"), "--uncertainty", "--format", "zarr"]) == 2
+    assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "z"), "--consistency", "--format", "zarr"]) == 2
+    assert "--consistency: not available with --format zarr" in capsys.readouterr().err
     assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "p"), "--lq-psf", str(src)]) == 2
     assert "add --consistency" in capsys.readouterr().err

@@ -28,13 +28,15 @@ from confocalize.stacks import as_czyx
 MAX_PIXELS = 1 << 20  # pixels per image the rank correlation reads at most (an even subsample beyond)
 N_BINS = 10  # reliability bins, equally populated by predicted uncertainty
 SMOOTH_PX = 1.5  # Gaussian sigma (pixels, in-plane) applied to the spread: per-pixel spreads of 8 samples are noisy
+SMOOTH_TRUNCATE = 4.0  # the Gaussian's extent in sigmas (scipy's default)
+SMOOTH_RADIUS = int(SMOOTH_TRUNCATE * SMOOTH_PX + 0.5)  # pixels of neighbours a smoothed value depends on (chunked enhance keeps that margin)
 FIT_PIXELS = 200_000  # pixels per image the fit reads at most
 
 
 def smooth(spread: np.ndarray) -> np.ndarray:
     """The spread smoothed in-plane over :data:`SMOOTH_PX` (a new float32 array)."""
     sigma = (0.0,) * (spread.ndim - 2) + (SMOOTH_PX, SMOOTH_PX)
-    return ndimage.gaussian_filter(np.asarray(spread, dtype=np.float32), sigma, output=np.float32)
+    return ndimage.gaussian_filter(np.asarray(spread, dtype=np.float32), sigma, output=np.float32, truncate=SMOOTH_TRUNCATE)
 
 
 def calibrated(spread: np.ndarray, mean: np.ndarray, scale: float, signal: float, floor: float) -> np.ndarray:

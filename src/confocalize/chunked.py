@@ -54,7 +54,8 @@ from confocalize.io import Image, list_images
 from confocalize.lazyio import create_ome_zarr, is_zarr, open_lazy
 from confocalize.nets import UNet
 from confocalize.normalize import Normalization, percentile_normalization, percentile_sample
-from confocalize.package import ModelPackage, build_generator, weights_bytes
+from confocalize.calibration import SMOOTH_RADIUS
+from confocalize.package import ModelPackage, UncertaintyCalibration, build_generator, weights_bytes
 from confocalize.predict import (
     DEFAULT_BATCH,
     DEFAULT_TILE,
@@ -69,6 +70,7 @@ from confocalize.predict import (
     predict_array,
 )
 from confocalize.stacks import as_czyx, channel_views, model_groups, network_input
+from confocalize.uncertainty import UNCERTAINTY, calibrate_spread, dihedral_spread
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -105,11 +107,18 @@ def _worker_runner(weights: GeneratorWeights) -> tuple[UNet, Runner, threading.L
     return generator, runner, threading.Lock()
 
 
-def _enhance_chunk(x: np.ndarray, weights: GeneratorWeights, tile: int, batch_size: int, where: str) -> np.ndarray:
-    """One dask task: :func:`predict_array` on a chunk of network input with its halo; NaN/Inf are refused."""
+def _enhance_chunk(
+    x: np.ndarray, weights: GeneratorWeights, tile: int, batch_size: int, where: str, tta: bool, cal: UncertaintyCalibration | None
+) -> np.ndarray:
+    """One dask task: :func:`predict_array` on a chunk of network input with its halo; NaN/Inf are refused.
+    With ``tta``: the mean over the 8 flips/rotations and, stacked after it, their spread calibrated by ``cal``."""
     generator, runner, lock = _worker_runner(weights)
     with lock:
-        out = predict_array(generator, x, tile, batch_size, runner=runner)
+        if tta:
+            mean, spread = dihedral_spread(lambda d: predict_array(generator, np.ascontiguousarray(d), tile, batch_size, runner=runner), x)
+            out = np.concatenate([mean, calibrate_spread(cal, spread, mean)])
+        else:
+            out = predict_array(generator, x, tile, batch_size, runner=runner)
     if not np.all(np.isfinite(out)):
         raise ConfocalizeError(f"{where}: the model's output holds NaN/Inf; check the image for NaN/Inf pixels and the model")
     return out
@@ -149,6 +158,35 @@ def enhance_lazy(
     warning), never resampled. ``backend`` as in :func:`~confocalize.predict.enhance_image`, decided here
     (an ONNX graph is built here, once, and sent to the workers).
     """
+    (enhanced,) = _lazy_outputs(package, image, tile, chunk, batch_size, normalizations, backend, tta=False)
+    return enhanced
+
+
+def enhance_lazy_with_uncertainty(
+    package: ModelPackage,
+    image: Image,
+    tile: int = DEFAULT_TILE,
+    chunk: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    normalizations: Sequence[Normalization] | None = None,
+    backend: Backend = "auto",
+) -> tuple[Image, Image]:
+    """:func:`~confocalize.uncertainty.enhance_with_uncertainty` as lazy dask graphs (arguments as
+    :func:`enhance_lazy`): the mean over the 8 flips/rotations and its calibrated uncertainty.
+
+    Each chunk is enhanced in its 8 orientations with :data:`~confocalize.calibration.SMOOTH_RADIUS`
+    more context (on the down-sampling grid), so that the smoothed spread of every kept pixel is
+    that of the whole image; ``chunk`` defaults to a tile less that larger halo.
+    """
+    mean, uncertainty = _lazy_outputs(package, image, tile, chunk, batch_size, normalizations, backend, tta=True)
+    return mean, uncertainty
+
+
+def _lazy_outputs(
+    package: ModelPackage, image: Image, tile: int, chunk: int | None, batch_size: int,
+    normalizations: Sequence[Normalization] | None, backend: Backend, tta: bool,
+) -> tuple[Image, ...]:  # fmt: skip
+    """The enhanced image, or with ``tta`` the test-time-augmented mean and its uncertainty, as dask graphs."""
     where = str(image.path) if image.path is not None else "image"
     if image.data.shape[-1] < 2 or image.data.shape[-2] < 2:
         raise ConfocalizeError(f"{where}: image of shape {image.data.shape} is too small; need at least 2x2 pixels")
@@ -156,17 +194,18 @@ def enhance_lazy(
         if normalizations is None:
             normalizations = channel_normalizations([image], package.normalization)[0]
         movie = _lazy(image.data)
-        enhanced = [enhance_lazy(package, image.with_data(movie[t], image.axes[1:]), tile, chunk, batch_size, normalizations, backend)
-                    for t in range(movie.shape[0])]  # fmt: skip
-        return image.with_data(da.stack([f.data for f in enhanced]), "T" + enhanced[0].axes)
+        frames = [_lazy_outputs(package, image.with_data(movie[t], image.axes[1:]), tile, chunk, batch_size, normalizations, backend, tta)
+                  for t in range(movie.shape[0])]  # fmt: skip
+        return tuple(image.with_data(da.stack([f[i].data for f in frames]), "T" + frames[0][i].axes) for i in range(len(frames[0])))
     czyx = as_czyx(_lazy(image.data), image.axes)
     groups = model_groups(czyx.shape[0], package.in_channels, package.context_slices, where)
     check_fit(package, image)
     if normalizations is None:
         normalizations = channel_normalizations([image], package.normalization)[0]
     normalised = da.stack([c.map_blocks(n.apply, dtype=np.float32) for c, n in zip(czyx, normalizations, strict=True)])
-    halo = default_halo(package.generator)
-    size = chunk_size(package.generator, tile, chunk)
+    margin = tta_margin(package.generator) if tta else 0
+    halo = default_halo(package.generator) + margin
+    size = chunk_size(package.generator, tile, chunk, margin)
     plan = _PlanePlan(
         where=where,
         weights=dask.delayed(GeneratorWeights.of(package, backend), pure=True),  # one graph key: sent once to each worker
@@ -175,15 +214,24 @@ def enhance_lazy(
         halo=halo,
         tile=tile,
         batch_size=batch_size,
+        tta=tta,
+        calibration=package.uncertainty,
     )
     k = package.context_slices
     planes = [da.stack([plan.enhance(network_input(normalised, g, z, k)) for z in range(czyx.shape[1])], axis=1) for g in groups]
-    return image.with_data(*from_czyx(da.concatenate(planes), image.axes))
+    n, outputs = package.out_channels, 2 if tta else 1
+    return tuple(image.with_data(*from_czyx(da.concatenate([p[i * n : (i + 1) * n] for p in planes]), image.axes)) for i in range(outputs))
 
 
-def chunk_size(generator: UNet, tile: int, chunk: int | None = None) -> int:
-    """Chunk edge in pixels: ``chunk``, or ``tile - 2 * halo`` (a chunk and its halo make one tile); on the grid, >= the halo."""
-    halo, m = default_halo(generator), generator.multiple
+def tta_margin(generator: UNet) -> int:
+    """Context added to each chunk's halo for the smoothed spread: :data:`~confocalize.calibration.SMOOTH_RADIUS` on the grid."""
+    return round_up(SMOOTH_RADIUS, generator.multiple)
+
+
+def chunk_size(generator: UNet, tile: int, chunk: int | None = None, margin: int = 0) -> int:
+    """Chunk edge in pixels: ``chunk``, or ``tile - 2 * (halo + margin)`` (a chunk and its halo make one tile);
+    on the grid, >= the halo."""
+    halo, m = default_halo(generator) + margin, generator.multiple
     wanted = chunk if chunk is not None else (tile - 2 * halo) // m * m
     return max(round_up(wanted, m), halo, m)
 
@@ -198,7 +246,8 @@ def _axis_chunks(length: int, size: int, halo: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _PlanePlan:
-    """How every plane of an image is cut and enhanced: the generator (a dask key), chunks, halo and tiling."""
+    """How every plane of an image is cut and enhanced: the generator (a dask key), chunks, halo, tiling and
+    test-time augmentation (its outputs stacked after the enhanced channels)."""
 
     where: str
     weights: Any
@@ -207,14 +256,17 @@ class _PlanePlan:
     halo: int
     tile: int
     batch_size: int
+    tta: bool = False
+    calibration: UncertaintyCalibration | None = None
 
     def enhance(self, x: da.Array) -> da.Array:
-        """``(C_in, Y, X)`` dask input -> ``(C_out, Y, X)``: every chunk with its neighbours' halo, trimmed after."""
+        """``(C_in, Y, X)`` dask input -> ``(C_out, Y, X)`` (with ``tta``: ``2 C_out``, mean then uncertainty):
+        every chunk with its neighbours' halo, trimmed after."""
         x = x.rechunk((-1, *self.yx_chunks))
         depth = {0: 0, **{axis: self.halo if len(c) > 1 else 0 for axis, c in enumerate(self.yx_chunks, start=1)}}
         padded = da.overlap.overlap(x, depth=depth, boundary="none")
-        chunks = ((self.out_channels,), *padded.chunks[1:])
-        args = (self.weights, self.tile, self.batch_size, self.where)
+        chunks = ((self.out_channels * (2 if self.tta else 1),), *padded.chunks[1:])
+        args = (self.weights, self.tile, self.batch_size, self.where, self.tta, self.calibration)
         out = padded.map_blocks(_enhance_chunk, *args, dtype=np.float32, chunks=chunks)
         return da.overlap.trim_internal(out, depth, boundary="none")
 
@@ -240,6 +292,7 @@ def enhance_to_zarr(
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
     backend: Backend = "auto",
+    uncertainty: bool = False,
 ) -> list[Path]:
     """Enhance TIFF, (OME-)Zarr and CZI/ND2/LIF images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
 
@@ -247,52 +300,63 @@ def enhance_to_zarr(
     without, in this process one row of chunks at a time (memory: see the module docstring). Outputs
     keep axes, pixel size and z step; ``dtype``, ``pixel_size`` and ``axes`` as in
     :func:`~confocalize.predict.enhance_files`; ``chunk`` as :func:`chunk_size` says (it is also the
-    Zarr chunk of the outputs); ``backend`` as in :func:`enhance_lazy`. Each output appears complete or not at all.
+    Zarr chunk of the outputs); ``backend`` as in :func:`enhance_lazy`. With ``uncertainty`` the
+    output is the test-time-augmented mean and ``NAME.uncertainty.ome.zarr`` (float32) its
+    uncertainty (:func:`enhance_lazy_with_uncertainty`; both from one pass), listed after the
+    outputs. Each output appears complete or not at all.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
     files = list_inputs(inputs)
-    targets = output_paths(files, Path(out_dir), ZARR_OUTPUT)
-    size = chunk_size(package.generator, tile, chunk)
+    suffixes = [ZARR_OUTPUT] + ([f".{UNCERTAINTY}{ZARR_OUTPUT}"] if uncertainty else [])
+    targets = [output_paths(files, Path(out_dir), suffix) for suffix in suffixes]  # per output kind, per file
+    size = chunk_size(package.generator, tile, chunk, tta_margin(package.generator) if uncertainty else 0)
     images = [open_lazy(f, axes, pixel_size, size) for f in files]
     scheduler = client if client is not None else "synchronous"
     norms = channel_normalizations(images, package.normalization, scheduler)
-    with _staging(targets) as staged:
+    with _staging([t for kind in targets for t in kind]) as flat:
+        staged = [flat[k * len(files) : (k + 1) * len(files)] for k in range(len(suffixes))]
         jobs = []
-        for image, norm, tmp in zip(images, norms, staged, strict=True):
-            enhanced = enhance_lazy(package, image, tile, size, batch_size, norm, backend)
-            data = enhanced.data.map_blocks(to_dtype, dtype, dtype=dtype)
-            data = data.rechunk(tuple(c[0] for c in data.chunks))  # regular, like the Zarr chunks
-            jobs.append((data, create_ome_zarr(tmp, enhanced.with_data(data))))
+        for i, (image, norm) in enumerate(zip(images, norms, strict=True)):
+            outputs = _lazy_outputs(package, image, tile, size, batch_size, norm, backend, tta=uncertainty)
+            datas = [_regular(o.data.map_blocks(to_dtype, d, dtype=d)) for o, d in zip(outputs, [dtype, "float32"])]
+            jobs.append((datas, [create_ome_zarr(staged[k][i], o.with_data(d)) for k, (o, d) in enumerate(zip(outputs, datas))]))
         for done, index in enumerate(_completed(jobs, client), start=1):
-            _publish(staged[index], targets[index])
+            for kind, folders in zip(targets, staged):
+                _publish(folders[index], kind[index])
             if progress is not None:
                 progress(done, len(jobs))
-    return targets
+    return [t for kind in targets for t in kind]
 
 
-def _completed(jobs: list[tuple[da.Array, zarr.Array]], client: Client | None) -> Iterator[int]:
-    """Indices of ``jobs`` (data, Zarr target) as they are stored: all at once on ``client``, else one by one here."""
+def _regular(data: da.Array) -> da.Array:
+    """``data`` rechunked to its first chunk size on every axis, as Zarr chunks are."""
+    return data.rechunk(tuple(c[0] for c in data.chunks))
+
+
+def _completed(jobs: list[tuple[list[da.Array], list[zarr.Array]]], client: Client | None) -> Iterator[int]:
+    """Indices of ``jobs`` (arrays of one file and their Zarr targets, computed together) as they are
+    stored: all at once on ``client``, else one by one here."""
     if client is None:
-        for index, (data, target) in enumerate(jobs):
-            _store_by_rows(data, target)
+        for index, (datas, targets) in enumerate(jobs):
+            _store_by_rows(datas, targets)
             yield index
         return
     from distributed import as_completed
 
-    futures = {client.compute(da.store(data, target, lock=False, compute=False)): i for i, (data, target) in enumerate(jobs)}
+    futures = {client.compute(da.store(datas, targets, lock=False, compute=False)): i for i, (datas, targets) in enumerate(jobs)}
     for future in as_completed(futures):
         future.result()  # raises the task's error here
         yield futures[future]
 
 
-def _store_by_rows(data: da.Array, target: zarr.Array) -> None:
-    """Compute ``data`` into ``target`` in this process, one row of chunks at a time."""
-    lead = (slice(None),) * (data.ndim - 2)
-    bounds = np.cumsum((0, *data.chunks[-2]))
+def _store_by_rows(datas: list[da.Array], targets: list[zarr.Array]) -> None:
+    """Compute same-shape ``datas`` into ``targets`` in this process, one row of chunks at a time (shared tasks once)."""
+    lead = (slice(None),) * (datas[0].ndim - 2)
+    bounds = np.cumsum((0, *datas[0].chunks[-2]))
     for y0, y1 in zip(bounds[:-1], bounds[1:], strict=True):
         rows = (*lead, slice(y0, y1))
-        da.store(data[rows], target, regions=rows, lock=False, scheduler="synchronous")
+        da.store([d[rows] for d in datas], targets, regions=[rows] * len(datas), lock=False, scheduler="synchronous")
 
 
 @contextlib.contextmanager

@@ -203,10 +203,10 @@ def _trusted_enhancer(args: argparse.Namespace, package: ModelPackage) -> Truste
 
 def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
     """``enhance --format zarr`` or ``--dask``: chunk by chunk into OME-Zarr, in this process or on a dask cluster."""
-    from confocalize.chunked import dask_client, enhance_to_zarr
+    from confocalize.chunked import ZARR_OUTPUT, dask_client, enhance_to_zarr
+    from confocalize.trust import UNCERTAINTY, stored_uncertainty_report
 
-    flags = (("--resample", args.resample), ("--keep-going", args.keep_going), ("--uncertainty", args.uncertainty),
-             ("--consistency", args.consistency))  # fmt: skip
+    flags = (("--resample", args.resample), ("--keep-going", args.keep_going), ("--consistency", args.consistency))
     unsupported = [flag for flag, on in flags if on]
     if unsupported:
         raise ConfocalizeError(f"{', '.join(unsupported)}: not available with --format zarr or --dask; enhance those files without")
@@ -216,9 +216,12 @@ def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
     with cluster as client, progress_bar("enhance") as bar:
         written = enhance_to_zarr(
             package, args.inputs, args.output, client=client, dtype=args.dtype, pixel_size=args.pixel_size,
-            axes=args.axes, tile=args.tile, chunk=args.chunk, progress=bar, backend=args.backend,
+            axes=args.axes, tile=args.tile, chunk=args.chunk, progress=bar, backend=args.backend, uncertainty=args.uncertainty,
         )  # fmt: skip
-    out.print(f"wrote {len(written)} OME-Zarr image(s) to {args.output}")
+    maps = [path for path in written if path.name.endswith(f".{UNCERTAINTY}{ZARR_OUTPUT}")]
+    for path in maps:
+        out.print(stored_uncertainty_report(package, path).line(), highlight=False, soft_wrap=True)
+    out.print(f"wrote {len(written) - len(maps)} OME-Zarr image(s) to {args.output}" + (", each with its uncertainty map" if maps else ""))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -429,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, help="zarr/dask: chunk edge in pixels (default: the tile less twice the halo)")
     p.add_argument(
         "--uncertainty", action="store_true",
-        help="write NAME.uncertainty.ome.tif (calibrated per-pixel uncertainty, 8x the compute); the output is then "
-        "the mean over the 8 flips/rotations of the input",
+        help="write NAME.uncertainty.ome.tif (with --format zarr or --dask: NAME.uncertainty.ome.zarr), the calibrated "
+        "per-pixel uncertainty (8x the compute); the output is then the mean over the 8 flips/rotations of the input",
     )  # fmt: skip
     p.add_argument(
         "--consistency", action="store_true",

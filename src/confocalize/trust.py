@@ -19,13 +19,14 @@ import numpy as np
 from confocalize import consistency
 from confocalize.batch import file_sha256
 from confocalize.errors import ConfocalizeError
-from confocalize.io import Image
+from confocalize.io import Image, image_stem
+from confocalize.lazyio import open_lazy
+from confocalize.normalize import percentile_sample
 from confocalize.package import ModelPackage
 from confocalize.engine import Runner
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
-from confocalize.uncertainty import enhance_with_uncertainty, outside_calibration
+from confocalize.uncertainty import UNCERTAINTY, enhance_with_uncertainty, outside_calibration
 
-UNCERTAINTY = "uncertainty"  # NAME.uncertainty.ome.tif
 CONSISTENCY = "consistency"  # NAME.consistency.ome.tif
 
 
@@ -106,3 +107,11 @@ class TrustedEnhancer:
         if pixel_size is None:
             raise ConfocalizeError(f"{image.path or 'image'}: pixel size unknown, the consistency check needs it; give --pixel-size")
         return consistency.gaussian_psf(self._sigma_um / pixel_size)
+
+
+def stored_uncertainty_report(package: ModelPackage, path: Path) -> TrustReport:
+    """The trust line of a written uncertainty map (``NAME.uncertainty.ome.zarr`` or ``.ome.tif``), read
+    lazily: its median over a regular sample of about a million pixels and the out-of-calibration flag."""
+    median = float(np.median(np.asarray(percentile_sample(open_lazy(path).data))))
+    name = image_stem(path).removesuffix(f".{UNCERTAINTY}")
+    return TrustReport(name, median, package.uncertainty is not None, outside_calibration(package, median))

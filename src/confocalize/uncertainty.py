@@ -16,7 +16,7 @@ one output, besides what ``enhance_image`` holds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +28,7 @@ from confocalize.package import ModelPackage, UncertaintyCalibration
 from confocalize.pairs import PairPaths
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
 
+UNCERTAINTY = "uncertainty"  # the key of the map beside an output: NAME.uncertainty.ome.tif / .ome.zarr
 DIHEDRAL = tuple((turns, mirror) for mirror in (False, True) for turns in range(4))  # (90° turns, mirrored x)
 OUTSIDE_PERCENTILE = 95.0  # an image whose median uncertainty exceeds this percentile of the calibration images' is flagged
 
@@ -54,23 +55,37 @@ def enhance_with_uncertainty(
     (``backend`` as :func:`confocalize.engine.make_runner` takes it)."""
     refuse_time_lapse(image, "estimate uncertainty (it takes single time points)")
     runner = make_runner(package, backend)
-    first = enhance_image(package, image, tile, batch_size, resample, runner)  # the identity comes first in DIHEDRAL
-    mean = np.array(first.data, dtype=np.float32)
+    identity: list[Image] = []  # the first result (DIHEDRAL's identity): the output grid and metadata
+
+    def apply(data: np.ndarray) -> np.ndarray:
+        result = enhance_image(package, image.with_data(data), tile, batch_size, resample, runner)
+        if not identity:
+            identity.append(result)
+        return result.data
+
+    mean, spread = dihedral_spread(apply, image.data)
+    grid = identity[0]
+    return Enhanced(grid.with_data(mean), grid.with_data(calibrate_spread(package.uncertainty, spread, mean)), package.uncertainty is not None)
+
+
+def dihedral_spread(apply: Callable[[np.ndarray], np.ndarray], data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``apply`` to ``data`` in its 8 orientations (last two axes), each turned back: their mean and
+    their standard deviation smoothed in-plane (:func:`confocalize.calibration.smooth`), float32."""
+    mean = np.array(apply(data), dtype=np.float32)  # the identity comes first in DIHEDRAL
     sum_sq = np.zeros_like(mean)
     for n, (turns, mirror) in enumerate(DIHEDRAL[1:], start=2):
-        result = enhance_image(package, image.with_data(_transform(image.data, turns, mirror)), tile, batch_size, resample, runner)
-        pred = np.array(_untransform(result.data, turns, mirror), dtype=np.float32)
+        pred = np.array(_untransform(apply(_transform(data, turns, mirror)), turns, mirror), dtype=np.float32)
         pred -= mean  # Welford: pred is now the deviation from the old mean
         mean += pred / n
         pred *= pred
         sum_sq += pred * ((n - 1) / n)
     sum_sq /= len(DIHEDRAL)
-    spread = calibration.smooth(np.sqrt(sum_sq, out=sum_sq))
-    del sum_sq
-    cal = package.uncertainty
-    if cal is not None:
-        spread = calibration.calibrated(spread, mean, cal.scale, cal.signal, cal.floor)
-    return Enhanced(first.with_data(mean), first.with_data(spread), cal is not None)
+    return mean, calibration.smooth(np.sqrt(sum_sq, out=sum_sq))
+
+
+def calibrate_spread(cal: UncertaintyCalibration | None, spread: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The uncertainty that ``cal`` (a package's) makes of a smoothed ``spread`` (overwritten) and its mean; the spread itself without one."""
+    return spread if cal is None else calibration.calibrated(spread, mean, cal.scale, cal.signal, cal.floor)
 
 
 def outside_calibration(package: ModelPackage, median_uncertainty: float) -> bool | None:
