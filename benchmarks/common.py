@@ -114,7 +114,8 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> str:
-    """Short hash of the checked-out commit, read from ``.git`` (uncommitted changes are not seen).
+    """Short hash of the checked-out commit, read from ``.git`` (uncommitted changes are not seen); in a
+    ``git worktree`` (``.git`` is then a file naming its folder) from that worktree's HEAD.
 
     A copy without ``.git`` (a remote machine) names its commit in ``CONFOCALIZE_COMMIT``.
     """
@@ -122,15 +123,19 @@ def commit() -> str:
         return os.environ["CONFOCALIZE_COMMIT"][:7]
     git = REPO / ".git"
     try:
+        if git.is_file():  # "gitdir: /repo/.git/worktrees/NAME"; branches and packed refs live in the main .git
+            git = Path(git.read_text().split(":", 1)[1].strip())
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head[:7]
         ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()[:7]
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line[:7]
+        for folder in (git, git.parent.parent):  # the worktree's folder, then the main .git it belongs to
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()[:7]
+            if (folder / "packed-refs").is_file():
+                for line in (folder / "packed-refs").read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line[:7]
     except OSError:
         pass
     return "unknown"
