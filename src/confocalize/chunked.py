@@ -13,6 +13,12 @@ to float rounding.
 By default a chunk with its halo is exactly one network tile (``chunk = tile - 2 * halo``), so each
 task is one forward pass and the work is that of predict_array's own tiling.
 
+:func:`enhance_lazy_with_uncertainty` is :func:`confocalize.uncertainty.enhance_with_uncertainty`
+the same way: each task enhances its chunk in the 8 flips/rotations and returns their mean and
+calibrated spread stacked, which two views of one graph split (both are stored from one pass). The
+halo grows by the spread's smoothing radius on the grid (:func:`tta_margin`), so every kept pixel's
+smoothed spread is the whole image's.
+
 Normalisation is enhance_image's: each channel over its whole stack, with the percentiles of
 :func:`~confocalize.normalize.percentile_sample` (exact up to about a million values, a regular
 subsample beyond), computed in a first pass over the data. A time-lapse is a graph per frame, all frames with the
@@ -47,6 +53,7 @@ import numpy as np
 import zarr
 from safetensors.torch import load as load_safetensors
 
+from confocalize.calibration import SMOOTH_RADIUS
 from confocalize.config import GeneratorConfig, NormalizationConfig
 from confocalize.engine import Backend, OnnxRunner, Runner, TorchRunner, graph_for
 from confocalize.errors import ConfocalizeError
@@ -54,7 +61,6 @@ from confocalize.io import Image, list_images
 from confocalize.lazyio import create_ome_zarr, is_zarr, open_lazy
 from confocalize.nets import UNet
 from confocalize.normalize import Normalization, percentile_normalization, percentile_sample
-from confocalize.calibration import SMOOTH_RADIUS
 from confocalize.package import ModelPackage, UncertaintyCalibration, build_generator, weights_bytes
 from confocalize.predict import (
     DEFAULT_BATCH,
