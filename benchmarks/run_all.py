@@ -268,9 +268,9 @@ def finetune_section(doc: Mapping[str, Any]) -> list[str]:
     lines = ["## Fine-tuning a partner's model (`benchmarks/finetune.py`)", "", " ".join(text), ""]
     rows = []
     for name, track in doc["tracks"].items():
+        parent = "trained here" if "/" in track["parent"] else track["parent"]  # a run folder, or a built-in model's name
         rows += [[name, "raw LQ", "", "", f"{track['lq']['psnr']:.2f}", f"{track['lq']['ssim']:.3f}"],
-                 [name, f"parent as is ({track['parent']})", "", "", f"{track['parent_as_is']['psnr']:.2f}",
-                  f"{track['parent_as_is']['ssim']:.3f}"]]  # fmt: skip
+                 [name, f"parent as is ({parent})", "", "", f"{track['parent_as_is']['psnr']:.2f}", f"{track['parent_as_is']['ssim']:.3f}"]]  # fmt: skip
         rows += [[name, r["init"], r["train_fields"], r["steps"], f"{r['test']['psnr']:.2f}", f"{r['test']['ssim']:.3f}"]
                  for r in track["runs"].values()]  # fmt: skip
     lines += table(["track", "model", "training fields", "steps", "PSNR dB", "SSIM"], rows)
