@@ -125,17 +125,16 @@ def commit() -> str:
     try:
         if git.is_file():  # "gitdir: /repo/.git/worktrees/NAME"; branches and packed refs live in the main .git
             git = Path(git.read_text().split(":", 1)[1].strip())
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head[:7]
         ref = head[5:]
-        for folder in (git, git.parent.parent):  # the worktree's folder, then the main .git it belongs to
-            if (folder / ref).is_file():
-                return (folder / ref).read_text().strip()[:7]
-            if (folder / "packed-refs").is_file():
-                for line in (folder / "packed-refs").read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line[:7]
+        if (common / ref).is_file():
+            return (common / ref).read_text().strip()[:7]
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line[:7]
     except OSError:
         pass
     return "unknown"
