@@ -26,14 +26,14 @@ from common import DEFAULT, LABELS, REPO, RESULTS
 BENCHMARKS = REPO / "benchmarks"
 REPORT = REPO / "BENCHMARKS.md"
 RSS_GIB = 2**30
-NAMES = ("speed", "quality", "recipe", "train_budget", "finetune", "trust", "structures", "flicker", "registration")
+NAMES = ("speed", "precision", "quality", "recipe", "train_budget", "finetune", "trust", "structures", "flicker", "registration")
 
 
 def scripts(quick: bool, minutes: float | None, work: Path) -> dict[str, list[str]]:
     """Command-line arguments of each benchmark script (registration.py only if present); ``work`` keeps the
     quality run's models for structures.py."""
     quality = (["--quick"] if quick else []) + ([f"--minutes-per-model={minutes:g}"] if minutes else []) + ["--work-dir", str(work)]
-    runs = {"speed": ["--quick"] if quick else [], "quality": quality, "recipe": ["--quick", "--steps", "20"] if quick else [],
+    runs = {"speed": ["--quick"] if quick else [], "precision": ["--quick"] if quick else [], "quality": quality, "recipe": ["--quick", "--steps", "20"] if quick else [],
             "train_budget": ["--quick", "--minutes", "0.3", "--test-every", "20"] if quick else [],
             "finetune": ["--quick", "--minutes", "0.15", "--parent-minutes", "0.15", "--val-every", "10"] if quick else [],
             "trust": ["--quick"] if quick else [], "structures": ["--work-dir", str(work)],
@@ -316,6 +316,37 @@ def flicker_section(doc: Mapping[str, Any]) -> list[str]:
     return lines + table(["sample", "input", "output", "noise-free truth", "HQ", "output / input"], rows) + [""]
 
 
+def precision_target(doc: Mapping[str, Any]) -> list[str]:
+    """bf16 enhance within the PSNR target of fp32 on every test image of every track."""
+    worst = {track: t["bf16_psnr_change"]["worst"] for track, t in doc["tracks"].items()}
+    measured = ", ".join(f"{track}: {w:+.4f} dB" for track, w in worst.items())
+    return [f"`enhance --precision bf16`: |PSNR change| against fp32 < {doc['settings']['target_db']} dB on every test image",
+            f"worst per track {measured}", _yes(all(t["bf16_within_target"] for t in doc["tracks"].values()))]  # fmt: skip
+
+
+def precision_section(doc: Mapping[str, Any]) -> list[str]:
+    """Quality change and speed of bf16/fp16 autocast against fp32."""
+    st = doc["settings"]
+    lines = ["## Half precision (`benchmarks/precision.py`)", "",
+             f"`enhance --precision bf16|fp16` (PyTorch autocast) against fp32 on each track's built-in model and held-out test "
+             f"images (central {st['crop']}² crops). Plain PSNR/SSIM against HQ ({st['normalisation']}); change = half minus fp32 "
+             f"per image, median and worst; target |PSNR change| < {st['target_db']} dB on every image.", ""]  # fmt: skip
+    rows = [[track, t["model"], len(t["images"]), precision, f"{t[f'{precision}_psnr_change']['median']:+.4f}",
+             f"{t[f'{precision}_psnr_change']['worst']:+.4f}", f"{t[f'{precision}_ssim_change']['median']:+.5f}",
+             f"{max(im[f'{precision}_max_abs_difference'] for im in t['images']):.4f}", _yes(t[f"{precision}_within_target"])]
+            for track, t in doc["tracks"].items() for precision in ("bf16", "fp16")]  # fmt: skip
+    lines += table(["track", "model", "images", "precision", "PSNR change dB (median)", "worst", "SSIM change (median)",
+                    "largest output difference", "within target"], rows)  # fmt: skip
+    lines += ["", f"Speed of the default generator (random weights), {st['speed_size']}² in one tile, best of {st['speed_rounds']} "
+              "interleaved rounds:", ""]  # fmt: skip
+    rows = [[r["device"], r["runner"], f"{r['mpixel_per_s']:.3f}",
+             "" if r["peak_gpu_memory_bytes"] is None else f"{r['peak_gpu_memory_bytes'] / RSS_GIB:.2f}"] for r in doc["speed"]]  # fmt: skip
+    lines += table(["device", "runner", "Mpixel/s", "peak GPU memory GiB"], rows)
+    if not any(r["device"] == "cuda" for r in doc["speed"]):
+        lines += ["", "No GPU in this run, so no GPU rows: run on a machine with one, it adds each precision's Mpixel/s and peak GPU memory there."]
+    return lines + [""]
+
+
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -351,8 +382,9 @@ def registration_section(reg: dict[str, Any]) -> list[str]:
 
 def report(results: Mapping[str, dict[str, Any]]) -> str:
     """BENCHMARKS.md from the result documents that exist."""
-    speed, quality, reg, recipe, budget, finetune, trust, structures, flicker = (
-        results.get(n) for n in ("speed", "quality", "registration", "recipe", "train_budget", "finetune", "trust", "structures", "flicker")
+    speed, precision, quality, reg, recipe, budget, finetune, trust, structures, flicker = (
+        results.get(n)
+        for n in ("speed", "precision", "quality", "registration", "recipe", "train_budget", "finetune", "trust", "structures", "flicker")
     )
     lines = ["# Benchmarks", "",
              "Generated by `make bench` (`benchmarks/run_all.py`) from `benchmarks/results/*.json`; do not edit by hand. "
@@ -360,11 +392,12 @@ def report(results: Mapping[str, dict[str, Any]]) -> str:
     lines += runs_section(results)
     targets = (speed_targets(speed, quality) if speed else []) + (quality_targets(quality) if quality else [])
     targets += [train_budget_target(budget)] if budget else []
+    targets += [precision_target(precision)] if precision else []
     if targets:
         lines += ["## Targets", "", *table(["target", "measured", "met"], targets), ""]
     if quality:
         lines += ["Verdicts:", "", *(f"- {tr['verdict']}" for tr in quality["tracks"].values()), ""]
-    sections = ((speed, speed_section), (quality, quality_section), (recipe, recipe_section), (budget, train_budget_section),
+    sections = ((speed, speed_section), (precision, precision_section), (quality, quality_section), (recipe, recipe_section), (budget, train_budget_section),
                 (finetune, finetune_section), (trust, trust_section), (structures, structures_section),
                 (flicker, flicker_section), (reg, registration_section))  # fmt: skip
     for doc, section in sections:

@@ -86,3 +86,41 @@ def test_cli_consistency_needs_optics_or_a_psf(tmp_path: Path, rng: np.random.Ge
     assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "out"), "--consistency", "--lq-psf", str(psf)]) == 0
     assert read_image(tmp_path / "out" / "cell.consistency.ome.tif").data.shape == (96, 96)
     assert "cell: consistency" in capsys.readouterr().out
+
+
+def test_lazy_residual_equals_the_whole_image_check_across_chunks(rng: np.random.Generator) -> None:
+    """Chunks of 40 px (the background filter reaches ~60 px): every plane's map and the score as in memory."""
+    import dask.array as da
+
+    scenes = [_scene(rng) for _ in range(2)]
+    output = np.stack([np.pad(obj, ((0, 54), (0, 74)), mode="reflect") for obj, _ in scenes]).astype(np.float32)
+    lq = np.stack([np.pad(image, ((0, 54), (0, 74)), mode="reflect") for _, image in scenes]).astype(np.float32)
+    output[1, 100:104, 140:144] += 300.0  # an invented spot in a chunk far from the first
+    expected = consistency.check(output, "ZYX", lq, "ZYX", PSF, "stack")
+    lazy = consistency.lazy_residual(da.from_array(output, chunks=(1, 40, 40)), da.from_array(lq, chunks=(1, 40, 40)), PSF, "stack")
+    assert lazy.shape == output.shape and lazy.dtype == np.float32
+    result = lazy.compute(scheduler="synchronous")
+    np.testing.assert_allclose(result, expected.residual, atol=1e-4)
+    assert consistency.rms(lazy) == pytest.approx(expected.score, rel=1e-5)
+    assert result[1, 100:104, 140:144].min() < -5  # the invented spot, at its place
+
+
+def test_cli_zarr_consistency_map_of_a_time_lapse(tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--format zarr --consistency`` takes a TIFF time-lapse: the map of each frame is that of the frame enhanced on its own."""
+    from confocalize.lazyio import open_lazy
+
+    torch.manual_seed(0)
+    model = save_package(ModelPackage(build_generator(TINY), TINY, NormalizationConfig()), tmp_path / "model")
+    movie = np.stack([_scene(rng)[1] for _ in range(3)]).astype(np.float32)
+    src = write_image(tmp_path / "in" / "cell.tif", movie, "TYX", pixel_size=0.1)
+    psf = write_image(tmp_path / "psf.tif", PSF.astype(np.float32), "YX")
+    args = ["enhance", str(model), str(src), "-o", str(tmp_path / "out"), "--format", "zarr", "--consistency", "--lq-psf", str(psf)]
+    assert main([*args, "--backend", "torch"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cell.consistency.ome.zarr", "cell.ome.zarr"]
+    output = open_lazy(tmp_path / "out" / "cell.ome.zarr").data.compute()
+    stored = open_lazy(tmp_path / "out" / "cell.consistency.ome.zarr")
+    assert stored.axes == "TYX" and stored.pixel_size == pytest.approx(0.1)
+    expected = consistency.check(output, "ZYX", movie, "ZYX", PSF, "cell")  # frame by frame, as planes
+    np.testing.assert_allclose(stored.data.compute(), expected.residual, atol=1e-4)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"cell: consistency {expected.score:.2f} x noise" in printed and "each with its consistency map" in printed

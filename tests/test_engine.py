@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import OrderedDict
 from dataclasses import replace
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from test_dask_enhance import random_package
 
+import torch
 from torch import nn
 
 from confocalize import engine
@@ -225,3 +227,35 @@ def test_an_observed_runner_counts_tiles_and_can_abandon_the_work(package: Model
         assert package.generator.training  # the inner session closed and restored the training flag
     finally:
         package.generator.eval()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_runs_autocast_close_to_fp32(package: ModelPackage, rng: np.random.Generator, precision: str) -> None:
+    x = rng.random((1, 96, 80)).astype(np.float32)
+    full = predict_array(package.generator, x, tile=64, runner=TorchRunner(package.generator))
+    runner = make_runner(package, "auto", precision)  # type: ignore[arg-type]
+    assert isinstance(runner, TorchRunner) and runner.precision == precision
+    half = predict_array(package.generator, x, tile=64, runner=runner)
+    assert half.dtype == np.float32 and not np.array_equal(half, full)  # the convolutions did run in the half type
+    assert np.abs(half - full).max() < 0.05 * np.abs(full).max()  # ... to about its 8 (bf16) or 11 (fp16) bits
+    assert all(p.dtype == torch.float32 for p in package.generator.parameters())  # weights untouched
+
+
+def test_half_precision_through_the_cli_and_its_refusals(
+    package: ModelPackage, tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = save_package(package, tmp_path / "model")
+    image = write_image(tmp_path / "a.tif", rng.integers(0, 4000, (80, 90), dtype=np.uint16), "YX", pixel_size=0.1)
+    args = ["enhance", str(folder), str(image), "--tile", "64", "--precision", "bf16"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    assert main([*args, "-o", str(tmp_path / "zarr"), "--format", "zarr"]) == 0
+    expected = enhance_image(package, read_image(image), tile=64, backend=TorchRunner(package.generator, "bf16")).data
+    np.testing.assert_allclose(read_image(tmp_path / "out" / "a.ome.tif").data, expected, atol=1e-6)
+    np.testing.assert_allclose(open_lazy(tmp_path / "zarr" / "a.ome.zarr").data.compute(), expected, atol=1e-6)
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "onnx"), "--backend", "onnxruntime"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "precision bf16 runs in PyTorch (autocast); use --backend torch or auto" in err and "Traceback" not in err
+    assert not (tmp_path / "onnx").exists()
+    sidecar = json.loads((tmp_path / "out" / "a.ome.tif.sha256").read_text())
+    assert sidecar["settings"]["precision"] == "bf16"  # an fp32 rerun enhances again

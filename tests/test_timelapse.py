@@ -94,7 +94,7 @@ def test_enhance_streams_a_movie_frame_by_frame_with_one_normalisation(tmp_path:
     assert np.abs(per_frame[2] - per_frame[0]).mean() < 0.1 * np.abs(out.data[2] - out.data[0]).mean()
 
 
-def test_cli_enhances_a_movie_and_refuses_uncertainty_on_it(tmp_path: Path, rng: np.random.Generator, capsys) -> None:
+def test_cli_enhances_a_movie_and_gives_its_uncertainty_as_ome_zarr(tmp_path: Path, rng: np.random.Generator, capsys) -> None:
     model = save_package(_package(), tmp_path / "model")
     path = write_image(tmp_path / "movie.tif", _movie(rng, frames=2), "TYX", time_increment=0.5)
     assert main(["enhance", str(model), str(path), "-o", str(tmp_path / "out"), "--dtype", "uint16", "--backend", "torch"]) == 0
@@ -103,7 +103,11 @@ def test_cli_enhances_a_movie_and_refuses_uncertainty_on_it(tmp_path: Path, rng:
     capsys.readouterr()
     code = main(["enhance", str(model), str(path), "-o", str(tmp_path / "unc"), "--uncertainty", "--backend", "torch"])
     err = " ".join(capsys.readouterr().err.split())
-    assert code == 2 and "Traceback" not in err and "time-lapse" in err and "one time point per file" in err
+    assert code == 2 and "Traceback" not in err and "time-lapse" in err and "add --format zarr" in err
+    assert not (tmp_path / "unc").exists()
+    assert main(["enhance", str(model), str(path), "-o", str(tmp_path / "unc"), "--uncertainty", "--format", "zarr", "--backend", "torch"]) == 0
+    uncertainty = open_lazy(tmp_path / "unc" / "movie.uncertainty.ome.zarr")
+    assert uncertainty.axes == "TYX" and uncertainty.data.shape == out.data.shape and float(uncertainty.data.min()) >= 0
 
 
 def test_chunked_enhance_of_a_movie_into_ome_zarr(tmp_path: Path, rng: np.random.Generator) -> None:

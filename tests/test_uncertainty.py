@@ -107,6 +107,6 @@ def test_cli_enhance_writes_the_uncertainty_and_a_summary(package: ModelPackage,
     assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "out")]) == 0  # other settings: enhanced again
     assert "wrote 1" in capsys.readouterr().out
     assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "z"), "--consistency", "--format", "zarr"]) == 2
-    assert "--consistency: not available with --format zarr" in capsys.readouterr().err
+    assert "records no LQ objective_na" in capsys.readouterr().err and not (tmp_path / "z").exists()  # refused before any work
     assert main(["enhance", str(model), str(src), "-o", str(tmp_path / "p"), "--lq-psf", str(src)]) == 2
     assert "add --consistency" in capsys.readouterr().err

@@ -55,7 +55,8 @@ from safetensors.torch import load as load_safetensors
 
 from confocalize.calibration import SMOOTH_RADIUS
 from confocalize.config import GeneratorConfig, NormalizationConfig
-from confocalize.engine import Backend, OnnxRunner, Runner, TorchRunner, graph_for
+from confocalize.consistency import CONSISTENCY, LqPsf, lazy_residual
+from confocalize.engine import Backend, OnnxRunner, Precision, Runner, TorchRunner, check_precision, graph_for
 from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, list_images
 from confocalize.lazyio import create_ome_zarr, is_zarr, open_lazy
@@ -87,19 +88,23 @@ ZARR_OUTPUT = ".ome.zarr"
 @dataclass(frozen=True)
 class GeneratorWeights:
     """What a worker needs to rebuild a package's generator and runner: settings (JSON), channels, safetensors
-    weights, and the ONNX graph to run (None: the generator in PyTorch)."""
+    weights, and the ONNX graph to run (None: the generator in PyTorch, at ``precision``)."""
 
     config: str
     in_channels: int
     out_channels: int
     weights: bytes
     graph: bytes | None = None
+    precision: Precision = "fp32"
 
     @classmethod
-    def of(cls, package: ModelPackage, backend: Backend = "auto") -> GeneratorWeights:
-        """``package``'s weights, with the graph :func:`confocalize.engine.graph_for` gives for ``backend``."""
+    def of(cls, package: ModelPackage, backend: Backend = "auto", precision: Precision = "fp32") -> GeneratorWeights:
+        """``package``'s weights, with the graph :func:`confocalize.engine.graph_for` gives for ``backend``
+        (none at half precision, which is PyTorch's: see :func:`confocalize.engine.check_precision`)."""
+        check_precision(package, backend, precision)
         config = package.generator_config.model_dump_json()
-        return cls(config, package.in_channels, package.out_channels, weights_bytes(package), graph_for(package, backend))
+        graph = graph_for(package, backend) if precision == "fp32" else None
+        return cls(config, package.in_channels, package.out_channels, weights_bytes(package), graph, precision)
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,7 +114,7 @@ def _worker_runner(weights: GeneratorWeights) -> tuple[UNet, Runner, threading.L
     generator = build_generator(GeneratorConfig.model_validate_json(weights.config), weights.in_channels, weights.out_channels)
     generator.load_state_dict(load_safetensors(weights.weights))
     generator.eval()
-    runner = TorchRunner(generator) if weights.graph is None else OnnxRunner(weights.graph, generator.multiple)
+    runner = TorchRunner(generator, weights.precision) if weights.graph is None else OnnxRunner(weights.graph, generator.multiple)
     return generator, runner, threading.Lock()
 
 
@@ -190,7 +195,7 @@ def enhance_lazy_with_uncertainty(
 
 def _lazy_outputs(
     package: ModelPackage, image: Image, tile: int, chunk: int | None, batch_size: int,
-    normalizations: Sequence[Normalization] | None, backend: Backend, tta: bool,
+    normalizations: Sequence[Normalization] | None, backend: Backend, tta: bool, precision: Precision = "fp32",
 ) -> tuple[Image, ...]:  # fmt: skip
     """The enhanced image, or with ``tta`` the test-time-augmented mean and its uncertainty, as dask graphs."""
     where = str(image.path) if image.path is not None else "image"
@@ -200,8 +205,9 @@ def _lazy_outputs(
         if normalizations is None:
             normalizations = channel_normalizations([image], package.normalization)[0]
         movie = _lazy(image.data)
-        frames = [_lazy_outputs(package, image.with_data(movie[t], image.axes[1:]), tile, chunk, batch_size, normalizations, backend, tta)
-                  for t in range(movie.shape[0])]  # fmt: skip
+        frame = functools.partial(_lazy_outputs, package, tile=tile, chunk=chunk, batch_size=batch_size,
+                                  normalizations=normalizations, backend=backend, tta=tta, precision=precision)  # fmt: skip
+        frames = [frame(image.with_data(movie[t], image.axes[1:])) for t in range(movie.shape[0])]
         return tuple(image.with_data(da.stack([f[i].data for f in frames]), "T" + frames[0][i].axes) for i in range(len(frames[0])))
     czyx = as_czyx(_lazy(image.data), image.axes)
     groups = model_groups(czyx.shape[0], package.in_channels, package.context_slices, where)
@@ -214,7 +220,7 @@ def _lazy_outputs(
     size = chunk_size(package.generator, tile, chunk, margin)
     plan = _PlanePlan(
         where=where,
-        weights=dask.delayed(GeneratorWeights.of(package, backend), pure=True),  # one graph key: sent once to each worker
+        weights=dask.delayed(GeneratorWeights.of(package, backend, precision), pure=True),  # one graph key: sent once to each worker
         out_channels=package.out_channels,
         yx_chunks=tuple(_axis_chunks(n, size, halo) for n in czyx.shape[-2:]),
         halo=halo,
@@ -299,6 +305,8 @@ def enhance_to_zarr(
     progress: Progress | None = None,
     backend: Backend = "auto",
     uncertainty: bool = False,
+    consistency: LqPsf | None = None,
+    precision: Precision = "fp32",
 ) -> list[Path]:
     """Enhance TIFF, (OME-)Zarr and CZI/ND2/LIF images chunk by chunk into ``out_dir/NAME.ome.zarr``; returns the written paths.
 
@@ -306,10 +314,13 @@ def enhance_to_zarr(
     without, in this process one row of chunks at a time (memory: see the module docstring). Outputs
     keep axes, pixel size and z step; ``dtype``, ``pixel_size`` and ``axes`` as in
     :func:`~confocalize.predict.enhance_files`; ``chunk`` as :func:`chunk_size` says (it is also the
-    Zarr chunk of the outputs); ``backend`` as in :func:`enhance_lazy`. With ``uncertainty`` the
+    Zarr chunk of the outputs); ``backend`` as in :func:`enhance_lazy`, ``precision`` as
+    :func:`confocalize.engine.make_runner` takes it. With ``uncertainty`` the
     output is the test-time-augmented mean and ``NAME.uncertainty.ome.zarr`` (float32) its
     uncertainty (:func:`enhance_lazy_with_uncertainty`; both from one pass), listed after the
-    outputs. Each output appears complete or not at all.
+    outputs. With ``consistency`` (the LQ PSF), ``NAME.consistency.ome.zarr`` is the consistency
+    residual (:func:`confocalize.consistency.lazy_residual`) of each output as written against its
+    input, listed last. Each output appears complete or not at all.
     """
     if dtype not in ("float32", "uint16"):
         raise ConfocalizeError(f"output type '{dtype}' is not supported; use float32 or uint16")
@@ -324,7 +335,7 @@ def enhance_to_zarr(
         staged = [flat[k * len(files) : (k + 1) * len(files)] for k in range(len(suffixes))]
         jobs = []
         for i, (image, norm) in enumerate(zip(images, norms, strict=True)):
-            outputs = _lazy_outputs(package, image, tile, size, batch_size, norm, backend, tta=uncertainty)
+            outputs = _lazy_outputs(package, image, tile, size, batch_size, norm, backend, uncertainty, precision)
             datas = [_regular(o.data.map_blocks(to_dtype, d, dtype=d)) for o, d in zip(outputs, [dtype, "float32"])]
             jobs.append((datas, [create_ome_zarr(staged[k][i], o.with_data(d)) for k, (o, d) in enumerate(zip(outputs, datas))]))
         for done, index in enumerate(_completed(jobs, client), start=1):
@@ -332,7 +343,28 @@ def enhance_to_zarr(
                 _publish(folders[index], kind[index])
             if progress is not None:
                 progress(done, len(jobs))
+    if consistency is not None:
+        targets.append(_consistency_maps(images, targets[0], consistency, Path(out_dir), files, client))
     return [t for kind in targets for t in kind]
+
+
+def _consistency_maps(
+    images: list[Image], outputs: list[Path], psf: LqPsf, out_dir: Path, files: list[Path], client: Client | None
+) -> list[Path]:
+    """``NAME.consistency.ome.zarr`` of every written output against its input: one pass for the fits, one that writes."""
+    targets = output_paths(files, out_dir, f".{CONSISTENCY}{ZARR_OUTPUT}")
+    scheduler = client if client is not None else "synchronous"
+    with _staging(targets) as staged:
+        jobs = []
+        for image, output, folder in zip(images, outputs, staged, strict=True):
+            where = str(image.path)
+            stored = open_lazy(output)
+            residual = lazy_residual(stored.data, image.data, psf.for_image(image.pixel_size, where), where, scheduler)
+            data = _regular(residual.rechunk(stored.data.chunksize))
+            jobs.append(([data], [create_ome_zarr(folder, stored.with_data(data))]))
+        for index in _completed(jobs, client):
+            _publish(staged[index], targets[index])
+    return targets
 
 
 def _regular(data: da.Array) -> da.Array:

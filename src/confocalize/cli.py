@@ -176,7 +176,7 @@ def cmd_enhance(args: argparse.Namespace) -> None:
         summary = enhance_files(
             package, args.inputs, args.output, dtype=args.dtype, pixel_size=args.pixel_size, axes=args.axes,
             tile=args.tile, progress=bar, resample=args.resample, keep_going=args.keep_going, enhancer=enhancer,
-            backend=args.backend,
+            backend=args.backend, precision=args.precision,
         )
     for report in enhancer.reports if enhancer else ():
         out.print(report.line(), highlight=False, soft_wrap=True)
@@ -203,25 +203,31 @@ def _trusted_enhancer(args: argparse.Namespace, package: ModelPackage) -> Truste
 
 def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
     """``enhance --format zarr`` or ``--dask``: chunk by chunk into OME-Zarr, in this process or on a dask cluster."""
-    from confocalize.chunked import ZARR_OUTPUT, dask_client, enhance_to_zarr
-    from confocalize.trust import UNCERTAINTY, stored_uncertainty_report
+    from confocalize.chunked import dask_client, enhance_to_zarr
+    from confocalize.trust import consistency_psf, stored_reports
 
-    flags = (("--resample", args.resample), ("--keep-going", args.keep_going), ("--consistency", args.consistency))
+    flags = (("--resample", args.resample), ("--keep-going", args.keep_going))
     unsupported = [flag for flag, on in flags if on]
     if unsupported:
         raise ConfocalizeError(f"{', '.join(unsupported)}: not available with --format zarr or --dask; enhance those files without")
     if (args.workers or args.scheduler) and not args.dask:
         raise ConfocalizeError("--workers and --scheduler choose the dask cluster; add --dask")
+    if args.lq_psf and not args.consistency:
+        raise ConfocalizeError("--lq-psf is the PSF of the consistency check; add --consistency")
+    psf = consistency_psf(package, args.lq_psf) if args.consistency else None  # refused before any work
     cluster = dask_client(args.workers, args.scheduler) if args.dask else contextlib.nullcontext()
     with cluster as client, progress_bar("enhance") as bar:
         written = enhance_to_zarr(
             package, args.inputs, args.output, client=client, dtype=args.dtype, pixel_size=args.pixel_size,
             axes=args.axes, tile=args.tile, chunk=args.chunk, progress=bar, backend=args.backend, uncertainty=args.uncertainty,
+            consistency=psf, precision=args.precision,
         )  # fmt: skip
-    maps = [path for path in written if path.name.endswith(f".{UNCERTAINTY}{ZARR_OUTPUT}")]
-    for path in maps:
-        out.print(stored_uncertainty_report(package, path).line(), highlight=False, soft_wrap=True)
-    out.print(f"wrote {len(written) - len(maps)} OME-Zarr image(s) to {args.output}" + (", each with its uncertainty map" if maps else ""))
+    reports = stored_reports(package, written)
+    for report in reports:
+        out.print(report.line(), highlight=False, soft_wrap=True)
+    maps = [name for name, on in (("uncertainty", args.uncertainty), ("consistency", args.consistency)) if on]
+    n_outputs = len(written) // (1 + len(maps))
+    out.print(f"wrote {n_outputs} OME-Zarr image(s) to {args.output}" + (f", each with its {' and '.join(maps)} map" if maps else ""))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -417,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
         help="inference engine: auto (ONNX Runtime on the CPU when installed, else PyTorch), torch or onnxruntime",
     )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+        help="fp32 (default); bf16/fp16: PyTorch autocast (with auto: PyTorch), for GPUs; its effect on quality and "
+        "speed is in BENCHMARKS.md (speed.py)",
+    )  # fmt: skip
     p.add_argument("--resample", action="store_true", help="enhance on the model's pixel size and resample back")
     p.add_argument(
         "--keep-going", action=argparse.BooleanOptionalAction, default=None,
@@ -437,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--consistency", action="store_true",
-        help="write NAME.consistency.ome.tif: the output re-imaged through the LQ microscope minus the input, in noise "
-        "units (needs the model's recorded LQ optics or --lq-psf)",
+        help="write NAME.consistency.ome.tif (zarr/dask: .ome.zarr): the output re-imaged through the LQ microscope minus "
+        "the input, in noise units (needs the model's recorded LQ optics or --lq-psf)",
     )  # fmt: skip
     p.add_argument("--lq-psf", type=Path, metavar="FILE", help="with --consistency: the LQ PSF image at the input's sampling")
     p.set_defaults(func=cmd_enhance)

@@ -35,7 +35,7 @@ import torch
 from skimage.transform import resize
 
 from confocalize.batch import BatchSummary, Ledger
-from confocalize.engine import Backend, Runner, TorchRunner, make_runner, resolve_backend
+from confocalize.engine import Backend, Precision, Runner, TorchRunner, check_precision, make_runner, resolve_backend
 from confocalize.errors import ConfocalizeError
 from confocalize.io import (
     TIFF_SUFFIXES,
@@ -45,7 +45,6 @@ from confocalize.io import (
     image_stem,
     list_images,
     read_image,
-    refuse_time_lapse,
     tiff_frames,
     write_frames,
     write_image,
@@ -327,6 +326,7 @@ def enhance_files(
     keep_going: bool | None = None,
     enhancer: Enhancer | None = None,
     backend: Backend = "auto",
+    precision: Precision = "fp32",
 ) -> BatchSummary:
     """Enhance image files and folders into ``out_dir/NAME.ome.tif`` (atomically); returns what was done.
 
@@ -342,6 +342,7 @@ def enhance_files(
     images go beside each output as ``NAME.KEY.ome.tif`` (float32), before the output itself.
     ``backend``: see :func:`confocalize.engine.make_runner`; chosen once for the batch and handed to the
     enhancer too. It is not part of the sidecars' settings: backends agree to float rounding, as tile sizes do.
+    ``precision`` bf16/fp16 (PyTorch's autocast, see ``make_runner``) is: it changes outputs by more.
     A TIFF time-lapse is read and written frame by frame (:func:`enhance_frames`), its time increment kept;
     ``progress`` then counts its frames (a file counts one). An ``enhancer`` takes single time points only.
     """
@@ -351,19 +352,25 @@ def enhance_files(
     targets = output_paths(files, Path(out_dir))
     keep_going = any(Path(item).is_dir() for item in inputs) if keep_going is None else keep_going
     settings = {"dtype": dtype, "axes": axes, "pixel_size": pixel_size, "resample": resample}
+    if precision != "fp32":  # fp32 adds no key: sidecars written before the option still match
+        settings["precision"] = precision
     ledger = Ledger(content_sha256(package), settings | dict(enhancer.settings) if enhancer else settings)
     backend = resolve_backend(package, backend)  # an unknown name fails here, before any file
+    check_precision(package, backend, precision)  # as does a precision the backend cannot run
     runner: Runner | None = None  # made for the first file to enhance: a rerun that skips every file builds nothing
     counter = _FrameCounter(len(files), progress)
     for src, dst in zip(files, targets):
         if not ledger.complete(src, dst):
-            runner = runner or make_runner(package, backend)
+            runner = runner or make_runner(package, backend, precision)
             try:
                 image = open_input(src, axes, pixel_size)
                 result, extras = None, {}
                 if image.axes.startswith("T"):  # enhanced while it is written, frame by frame
                     if enhancer is not None:
-                        refuse_time_lapse(image, "estimate uncertainty or consistency (--uncertainty, --consistency)")
+                        raise ConfocalizeError(
+                            f"{src}: a time-lapse ({image.data.shape[0]} time points) gets uncertainty and consistency maps "
+                            "only as OME-Zarr, streamed frame by frame; add --format zarr"
+                        )
                     counter.movie(image.data.shape[0])
                     enhanced = (counter.step(f) for f in enhance_frames(package, image, tile, batch_size, resample, runner))
                     _write_movie(dst, image, enhanced, dtype)

@@ -10,6 +10,7 @@ the output imaged again through the LQ microscope against the input, in units of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from confocalize import consistency
+from confocalize.consistency import CONSISTENCY
 from confocalize.batch import file_sha256
-from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, image_stem
 from confocalize.lazyio import open_lazy
 from confocalize.normalize import percentile_sample
@@ -26,9 +27,6 @@ from confocalize.package import ModelPackage
 from confocalize.engine import Runner
 from confocalize.predict import DEFAULT_BATCH, DEFAULT_TILE, enhance_image
 from confocalize.uncertainty import UNCERTAINTY, enhance_with_uncertainty, outside_calibration
-
-CONSISTENCY = "consistency"  # NAME.consistency.ome.tif
-
 
 @dataclass(frozen=True)
 class TrustReport:
@@ -67,9 +65,7 @@ class TrustedEnhancer:
 
     def __post_init__(self) -> None:
         """Refuse a consistency check without LQ optics or with an unreadable PSF before any image is enhanced."""
-        where = str(self.package.path or "model")
-        self._psf = consistency.read_psf(self.lq_psf) if self.consistency and self.lq_psf is not None else None
-        self._sigma_um = consistency.optics_sigma_um(self.package.provenance.lq_system, where) if self.consistency and self._psf is None else None
+        self._psf = consistency_psf(self.package, self.lq_psf) if self.consistency else None
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -80,7 +76,7 @@ class TrustedEnhancer:
     def __call__(self, image: Image, runner: Runner | None = None) -> tuple[Image, dict[str, Image]]:
         """Enhance ``image`` (with ``runner``, else the default backend); the result and
         ``{"uncertainty": ..., "consistency": ...}`` as asked."""
-        psf = self._image_psf(image) if self.consistency else None
+        psf = self._psf.for_image(image.pixel_size, str(image.path or "image")) if self._psf is not None else None
         extras: dict[str, Image] = {}
         report: dict[str, Any] = {}
         if self.uncertainty:
@@ -97,21 +93,28 @@ class TrustedEnhancer:
         self.reports.append(TrustReport(image.name, **report))
         return result, extras
 
-    def _image_psf(self, image: Image) -> np.ndarray:
-        """The PSF file, or the optics' Gaussian at the image's pixel size (else the model's LQ pixel size)."""
-        if self._psf is not None:
-            return self._psf
-        assert self._sigma_um is not None
-        system = self.package.provenance.lq_system
-        pixel_size = image.pixel_size or system.pixel_size_um or self.package.lq_pixel_size
-        if pixel_size is None:
-            raise ConfocalizeError(f"{image.path or 'image'}: pixel size unknown, the consistency check needs it; give --pixel-size")
-        return consistency.gaussian_psf(self._sigma_um / pixel_size)
+
+def consistency_psf(package: ModelPackage, psf_file: Path | None) -> consistency.LqPsf:
+    """The LQ PSF of ``package``'s consistency check: ``psf_file``'s, else its recorded optics' (refused without)."""
+    return consistency.LqPsf.of(package.provenance.lq_system, package.lq_pixel_size, psf_file, str(package.path or "model"))
 
 
-def stored_uncertainty_report(package: ModelPackage, path: Path) -> TrustReport:
-    """The trust line of a written uncertainty map (``NAME.uncertainty.ome.zarr`` or ``.ome.tif``), read
-    lazily: its median over a regular sample of about a million pixels and the out-of-calibration flag."""
-    median = float(np.median(np.asarray(percentile_sample(open_lazy(path).data))))
-    name = image_stem(path).removesuffix(f".{UNCERTAINTY}")
-    return TrustReport(name, median, package.uncertainty is not None, outside_calibration(package, median))
+def stored_reports(package: ModelPackage, paths: Sequence[Path]) -> list[TrustReport]:
+    """The trust lines of written maps among ``paths`` (``NAME.uncertainty.ome.zarr``/``.ome.tif`` and
+    ``NAME.consistency...``), one per NAME, in order; each map is read lazily.
+
+    The median uncertainty is taken over a regular sample of about a million pixels, the consistency
+    score is the RMS of the whole residual map (:func:`confocalize.consistency.rms`).
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        stem = image_stem(path)
+        if stem.endswith(f".{UNCERTAINTY}"):
+            median = float(np.median(np.asarray(percentile_sample(open_lazy(path).data))))
+            found.setdefault(stem.removesuffix(f".{UNCERTAINTY}"), {}).update(
+                median_uncertainty=median, calibrated=package.uncertainty is not None,
+                outside_calibration=outside_calibration(package, median),
+            )  # fmt: skip
+        elif stem.endswith(f".{CONSISTENCY}"):
+            found.setdefault(stem.removesuffix(f".{CONSISTENCY}"), {})["consistency"] = consistency.rms(open_lazy(path).data)
+    return [TrustReport(name, **fields) for name, fields in found.items()]

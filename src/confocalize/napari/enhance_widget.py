@@ -24,7 +24,8 @@ from confocalize.napari.layers import LayerChoice, add_image, layer_image
 from confocalize.napari.tasks import TaskPanel
 from confocalize.package import BUILTIN_DIR, builtin_names, load_package, resolve_source
 from confocalize.predict import DEFAULT_TILE
-from confocalize.trust import CONSISTENCY, UNCERTAINTY, TrustedEnhancer
+from confocalize.consistency import CONSISTENCY
+from confocalize.trust import UNCERTAINTY, TrustedEnhancer
 
 MAP_COLORMAPS = {UNCERTAINTY: "inferno", CONSISTENCY: "twilight_shifted"}  # a positive spread; a signed residual
 
