@@ -167,6 +167,8 @@ def cmd_enhance(args: argparse.Namespace) -> None:
     from confocalize.package import load_package
     from confocalize.predict import enhance_files
 
+    if args.lq_psf and not args.consistency:
+        raise ConfocalizeError("--lq-psf is the PSF of the consistency check; add --consistency")
     package = load_package(args.model)
     if args.dask or args.format == "zarr" or args.workers or args.scheduler:
         _enhance_chunked(args, package)
@@ -194,8 +196,6 @@ def _trusted_enhancer(args: argparse.Namespace, package: ModelPackage) -> Truste
     """``--uncertainty``/``--consistency``: the enhancer that adds their maps; ``None`` without them."""
     from confocalize.trust import TrustedEnhancer
 
-    if args.lq_psf and not args.consistency:
-        raise ConfocalizeError("--lq-psf is the PSF of the consistency check; add --consistency")
     if not (args.uncertainty or args.consistency):
         return None
     return TrustedEnhancer(package, args.uncertainty, args.consistency, args.lq_psf, args.tile, resample=args.resample)
@@ -212,8 +212,6 @@ def _enhance_chunked(args: argparse.Namespace, package: ModelPackage) -> None:
         raise ConfocalizeError(f"{', '.join(unsupported)}: not available with --format zarr or --dask; enhance those files without")
     if (args.workers or args.scheduler) and not args.dask:
         raise ConfocalizeError("--workers and --scheduler choose the dask cluster; add --dask")
-    if args.lq_psf and not args.consistency:
-        raise ConfocalizeError("--lq-psf is the PSF of the consistency check; add --consistency")
     psf = consistency_psf(package, args.lq_psf) if args.consistency else None  # refused before any work
     cluster = dask_client(args.workers, args.scheduler) if args.dask else contextlib.nullcontext()
     with cluster as client, progress_bar("enhance") as bar:
@@ -425,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-        help="fp32 (default); bf16/fp16: PyTorch autocast (with auto: PyTorch), for GPUs; its effect on quality and "
-        "speed is in BENCHMARKS.md (speed.py)",
+        help="fp32 (default); bf16/fp16: PyTorch autocast (with auto: PyTorch), for GPUs; benchmarks/precision.py "
+        "measures its effect on quality and speed",
     )  # fmt: skip
     p.add_argument("--resample", action="store_true", help="enhance on the model's pixel size and resample back")
     p.add_argument(
