@@ -17,6 +17,10 @@ choice's effect:
     l1_lr         + peak learning rate 2e-3 instead of 1e-3
     l1_plain      the residual connection off again (the default: it costs wide-field -> confocal pairs)
     recipe_gan    + the adversarial phase after half the budget, ramped in over a tenth of it (the defaults)
+    l1_ssim       l1_lr + an SSIM term (ssim_weight 20: about the L1 term's size at the start)
+    l1_ssim_x3    + ssim_weight 60
+    recipe_ssim   recipe_gan + ssim_weight 20
+    recipe_late   recipe_gan + the adversarial phase in the last fifth only, a discriminator of base 32 (a quarter of the FLOPs)
 
 Gaussian and BM3D (sigma tuned on training images) are scored on the same test images.
 
@@ -43,7 +47,7 @@ import numpy as np
 
 from common import DEFAULT, GENERATORS, OLD_LOSS, OLD_OPTIM, RESULTS, commit, learning_curve, print_table, quiet_lightning, write_results
 from confocalize import baselines
-from confocalize.config import DataConfig, GeneratorConfig, LossConfig, NormalizationConfig, OptimConfig, TrainConfig, TrainerConfig
+from confocalize.config import DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig, NormalizationConfig, OptimConfig, TrainConfig, TrainerConfig
 from confocalize.io import read_image
 from confocalize.metrics import compare
 from confocalize.package import load_package
@@ -69,6 +73,7 @@ class Variant:
     generator: GeneratorConfig = field(default_factory=lambda: PLAIN)
     normalization: NormalizationConfig = field(default_factory=lambda: PIXELS)
     patch_signal: float = 0.0
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     base: str | None = None  # None: the variant before it
 
 
@@ -83,6 +88,11 @@ VARIANTS: dict[str, Variant] = {
     "l1_lr": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig()),
     "l1_plain": Variant(NO_GAN, OptimConfig(), PLAIN, NormalizationConfig()),
     "recipe_gan": Variant(LossConfig(), OptimConfig(), GeneratorConfig(), NormalizationConfig()),
+    "l1_ssim": Variant(NO_GAN.model_copy(update={"ssim_weight": 20.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
+    "l1_ssim_x3": Variant(NO_GAN.model_copy(update={"ssim_weight": 60.0}), OptimConfig(), RESIDUAL, NormalizationConfig()),
+    "recipe_ssim": Variant(LossConfig(ssim_weight=20.0), OptimConfig(), GeneratorConfig(), NormalizationConfig(), base="recipe_gan"),
+    "recipe_late": Variant(LossConfig(fidelity_fraction=0.8), OptimConfig(), GeneratorConfig(), NormalizationConfig(),
+                           discriminator=DiscriminatorConfig(base_channels=32), base="recipe_gan"),
 }
 PATCH, BATCH = 128, 8
 
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 output_dir=Path(tmp) / name,
                 data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=0.1, test_fraction=0.0,
                                 patch_signal=v.patch_signal, normalization=v.normalization),  # fmt: skip
-                generator=v.generator,
+                generator=v.generator, discriminator=v.discriminator,
                 loss=v.loss, optim=v.optim,
                 trainer=TrainerConfig(max_steps=args.steps, val_every_steps=args.val_every, seed=args.seed, progress_bar=False),
             )  # fmt: skip
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             outputs = {p.name: enhance_image(package, read_image(p.lq)).data for p in track.test}
             results[name] = {
                 "commit": commit(), "date": time.strftime("%Y-%m-%d"), "base": base_of(name), "loss": v.loss.model_dump(), "optim": v.optim.model_dump(),
-                "generator": cfg.generator.model_dump(), "normalization": v.normalization.model_dump(),
+                "generator": cfg.generator.model_dump(), "discriminator": v.discriminator.model_dump(), "normalization": v.normalization.model_dump(),
                 "patch_signal": v.patch_signal, "steps": result.steps, "fit_seconds": result.seconds, "test": medians(outputs, hq),
                 "curve": learning_curve(cfg.output_dir), "val_fields": result.split["val"]["fields"], "load_average": os.getloadavg(),
             }  # fmt: skip
