@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from confocalize import package, train
-from confocalize.config import GeneratorConfig, LossConfig, OptimConfig
+from confocalize.config import DiscriminatorConfig, GeneratorConfig, LossConfig, OptimConfig
 from confocalize.io import read_image
 from confocalize.metrics import compare
 from confocalize.nets.reference import REFERENCE_GENERATOR, build_reference
@@ -46,6 +46,7 @@ LABELS = {
 # The training settings before the recipe (pix2pix's): GAN from the first step, Adam 2e-4 / beta1 0.5
 # for both networks at a constant rate, the last weights exported, patches drawn anywhere.
 OLD_LOSS = LossConfig(fidelity_fraction=0.0, adv_ramp_fraction=0.0)
+OLD_DISCRIMINATOR = DiscriminatorConfig(base_channels=64)  # pix2pix's 70x70 PatchGAN at full width
 OLD_OPTIM = OptimConfig(lr=2e-4, d_lr=2e-4, beta1=0.5, schedule="constant", ema_decay=0.0)
 OLD_PATCH_SIGNAL = 0.0
 

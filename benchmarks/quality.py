@@ -29,6 +29,8 @@ method on C) is reported.
     python benchmarks/quality.py --minutes-per-model 20 # a fairer chance for the learned models
     python benchmarks/quality.py --steps-per-model 2000 --jobs 3  # on a GPU machine: tracks in parallel
     python benchmarks/quality.py --quick                # smoke run of every path (~5 min)
+    python benchmarks/quality.py --minutes-per-model 9 --w2s-every 4 4 --tracks A --keep-others
+        # track A again (a new default); B and C stay as stored, each track naming the commit it ran at
 
 Writes ``benchmarks/results/quality.json`` and, per track, ``benchmarks/results/quality/TRACK/``
 (``metrics.json``, ``metrics.csv``, ``figure.png`` with one test field per row, ``curves.png``).
@@ -39,24 +41,25 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import json
 import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common import (
-    DATA, DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, OLD_LOSS, OLD_OPTIM, OLD_PATCH_SIGNAL, REFERENCE, RESULTS, architecture,
-    learning_curve, print_table, quiet_lightning, write_results,
+    DATA, DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, OLD_DISCRIMINATOR, OLD_LOSS, OLD_OPTIM, OLD_PATCH_SIGNAL, REFERENCE, RESULTS, architecture,
+    commit, learning_curve, print_table, quiet_lightning, write_results,
 )  # fmt: skip
 from confocalize import baselines
-from confocalize.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
+from confocalize.config import DataConfig, DiscriminatorConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
 from confocalize.data import VALIDATION_MAX_SIZE, central_span, read_split
 from confocalize.metrics import compare
 from confocalize.evaluate import GENERATED, LQ, evaluate_pairs
@@ -96,24 +99,28 @@ class Track:
 
 @dataclass(frozen=True)
 class Learned:
-    """A learned method: which generator, losses, optimiser and patch filter."""
+    """A learned method: which generator, losses, optimiser, patch filter and discriminator."""
 
     generator: str
     loss: LossConfig
     optim: OptimConfig
     patch_signal: float
     description: str
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
 
 LEARNED = {
     "l1_unet": Learned(DEFAULT, LossConfig(adv_weight=0.0), OptimConfig(), DataConfig().patch_signal,
                        "L1-only U-Net (CARE idea): the default generator and recipe, no discriminator"),
     REFERENCE: Learned(REFERENCE, OLD_LOSS.model_copy(update={"gan_mode": "bce"}), OLD_OPTIM, OLD_PATCH_SIGNAL,
-                       "reference pix2pix: unet_256 (ngf 64), 70x70 PatchGAN, L1 100, BCE GAN, Adam 2e-4 / 0.5"),
+                       "reference pix2pix: unet_256 (ngf 64), 70x70 PatchGAN (base 64), L1 100, BCE GAN, Adam 2e-4 / 0.5",
+                       OLD_DISCRIMINATOR),
     OLD_DEFAULT: Learned(OLD_DEFAULT, OLD_LOSS, OLD_OPTIM, OLD_PATCH_SIGNAL,
-                         f"{LABELS[OLD_DEFAULT]}: L1 100 + LSGAN from the first step, Adam 2e-4 / 0.5, constant rate, no EMA"),
+                         f"{LABELS[OLD_DEFAULT]}: L1 100 + LSGAN from the first step (PatchGAN base 64), Adam 2e-4 / 0.5, "
+                         "constant rate, no EMA", OLD_DISCRIMINATOR),
     DEFAULT: Learned(DEFAULT, LossConfig(), OptimConfig(), DataConfig().patch_signal,
-                     f"{LABELS[DEFAULT]}: TrainConfig defaults (the recipe: L1 phase, then LSGAN ramped in; cosine rate; EMA)"),
+                     f"{LABELS[DEFAULT]}: TrainConfig defaults (the recipe: L1 phase for 80% of the budget, then LSGAN "
+                     "ramped in against a PatchGAN of base 32; cosine rate; EMA)"),
 }
 BAR = {"A": "bm3d", "B": "richardson_lucy"}  # the classical method each track's learning curves must pass (C: the best)
 @dataclass(frozen=True)
@@ -311,6 +318,7 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
             data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=VAL_FRACTION, test_fraction=0.0,
                             patch_signal=method.patch_signal),  # fmt: skip
             generator=GENERATORS[method.generator],
+            discriminator=method.discriminator,
             loss=method.loss,
             optim=method.optim,
             trainer=TrainerConfig(max_steps=budget.steps, max_time_minutes=budget.minutes, val_every_steps=budget.val_every,
@@ -324,7 +332,7 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
         info[name] = {
             "description": method.description, "generator": GENERATORS[method.generator].model_dump(),
             "loss": method.loss.model_dump(), "optim": method.optim.model_dump(), "patch_signal": method.patch_signal,
-            "steps": result.steps, "fit_seconds": result.seconds, "val_fields": result.split["val"]["fields"],
+            "discriminator": method.discriminator.model_dump(), "steps": result.steps, "fit_seconds": result.seconds, "val_fields": result.split["val"]["fields"],
             "val_names": result.split["val"]["names"], "curve": learning_curve(cfg.output_dir),
             "seconds_per_image": (time.perf_counter() - start) / len(track.test),
         }  # fmt: skip
@@ -494,7 +502,21 @@ def track_job(name: str, work: Path, budget: Budget, quick: bool, seed: int, eve
     start = time.perf_counter()
     a, b = w2s_track(quick, every), dscm_track(quick)
     track = simulated_track(a, b, work, quick, seed) if name == "C" else {"A": a, "B": b}[name]
-    return {**run_track(track, work, budget, quick, seed, workers), "seconds": time.perf_counter() - start}
+    summary = run_track(track, work, budget, quick, seed, workers)
+    return {**summary, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - start}
+
+
+def kept_tracks(run_now: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored tracks that this run does not redo, if they ran with the same budget, data and seed
+    (each keeps the commit it ran at)."""
+    path = RESULTS / "quality.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    keys = ("budget", "w2s_every_nth_field", "patch_size", "batch_size", "seed", "val_every")
+    if changed := [k for k in keys if old["settings"].get(k) != settings[k]]:
+        raise SystemExit(f"{path}: its tracks ran with another {', '.join(changed)}; rerun every track (drop --keep-others)")
+    return {t: {"commit": old["commit"], "date": old["date"][:10], **tr} for t, tr in old["tracks"].items() if t not in run_now}
 
 
 def print_track(name: str, summary: Mapping[str, Any]) -> None:
@@ -526,6 +548,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="track A on every n-th training and m-th test field only (a copy of the data that fits a transfer)")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=None, help="empty folder to keep simulated pairs and runs in (default: temporary)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-others", action="store_true",
+                        help="keep the tracks not run now from benchmarks/results/quality.json (same budget, data and seed)")
     args = parser.parse_args(argv)
     minutes = args.minutes_per_model or (None if args.steps_per_model else (0.1 if args.quick else 4.0))
     budget = Budget(args.steps_per_model, minutes, args.val_every)
@@ -541,13 +565,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "val_every": args.val_every, "val_fraction": VAL_FRACTION, "normalisation": NORMALISATION, "jobs": args.jobs,
             "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
         }  # fmt: skip
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = kept_tracks(args.tracks, settings) if args.keep_others else {}
         doc: dict[str, Any] = {}
 
         def done(name: str, summary: dict[str, Any]) -> None:
             """Write the results so far: a run stopped later keeps the finished tracks."""
             results[name] = summary
-            doc.update(settings=settings, tracks={t: results[t] for t in args.tracks if t in results}, seconds=time.perf_counter() - start)
+            doc.update(settings=settings, tracks={t: results[t] for t in "ABC" if t in results}, seconds=time.perf_counter() - start)
             print(f"written {write_results('quality', doc)}")
 
         jobs = {name: (name, work, budget, args.quick, args.seed, every, args.tuning_workers) for name in args.tracks}

@@ -166,7 +166,8 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
         lines += [f"Track A used one training field in {every['train']} and one test field in {every['test']} of the official "
                   "split (a smaller copy of the data); the split stays by field.", ""]  # fmt: skip
     for t, tr in quality["tracks"].items():
-        lines += [f"### Track {t}: {tr['title']}", "",
+        ran = f" (run at commit {tr['commit']}, {tr['date']}, with the defaults of that commit)" if tr.get("commit", quality["commit"]) != quality["commit"] else ""
+        lines += [f"### Track {t}: {tr['title']}{ran}", "",
                   f"{tr['n_train_images']} training images ({len(tr['train_fields'])} fields), {tr['n_test_images']} test images "
                   f"({len(tr['test_fields'])} fields: {', '.join(tr['test_fields'][:8])}{' …' if len(tr['test_fields']) > 8 else ''}). "
                   f"{tr['notes']}. Richardson-Lucy PSF: {tr['classical']['richardson_lucy']['psf']}.", ""]  # fmt: skip

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from confocalize.config import DataConfig, DiscriminatorConfig, ProvenanceConfig, TrainConfig, TrainerConfig
+from confocalize.config import DataConfig, ProvenanceConfig, TrainConfig, TrainerConfig
 from confocalize.data import read_split
 from confocalize.errors import ConfocalizeError
 from confocalize.evaluate import evaluate_model
@@ -20,10 +20,6 @@ from confocalize.simulate import SimulationParams, simulate, systems
 from confocalize.train import fit
 
 StageProgress = Callable[[str, int, int], None]
-
-# A half-width PatchGAN: the adversarial phase (the second half of the budget) costs less per step,
-# which is what limits quality in a few minutes on 2 CPU cores.
-DEMO_DISCRIMINATOR = DiscriminatorConfig(base_channels=32)
 
 
 @dataclass(frozen=True)
@@ -38,12 +34,11 @@ class DemoResult:
 
 
 def demo_config(output_dir: Path, pairs_dir: Path, minutes: float | None, seed: int, steps: int | None = None) -> TrainConfig:
-    """Training settings of the demo: the default generator and recipe, a half-width discriminator, and a
+    """Training settings of the demo: the default generator, discriminator and recipe, and a
     budget of ``minutes`` or ``steps`` (whichever ends first; a step budget does not depend on the speed or load of the machine)."""
     return TrainConfig(
         output_dir=output_dir / "run",
         data=DataConfig(pairs_dir=pairs_dir, patch_size=128, batch_size=8, val_fraction=0.2, test_fraction=0.2),
-        discriminator=DEMO_DISCRIMINATOR,
         trainer=TrainerConfig(max_steps=steps, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
         provenance=ProvenanceConfig(**dict(zip(("lq_system", "hq_system"), systems(SimulationParams()), strict=True))),
     )
