@@ -16,7 +16,8 @@ choice's effect:
     l1_window     + LQ percentiles over 3x3 local means (noise no longer sets a noisy input's range)
     l1_lr         + peak learning rate 2e-3 instead of 1e-3
     l1_plain      the residual connection off again (the default: it costs wide-field -> confocal pairs)
-    recipe_gan    + the adversarial phase after half the budget, ramped in over a tenth of it, PatchGAN base 64
+    recipe_gan    l1_lr + the adversarial phase after half the budget, ramped in over a tenth of it, PatchGAN base 64
+                  (and ``residual: auto``, which picks the residual U-Net on these pairs, as l1_lr has it)
     recipe_late   the adversarial phase in the last fifth only, PatchGAN base 32 (a quarter of its FLOPs): the defaults
     l1_ssim       l1_lr + an SSIM term (ssim_weight 20: about the L1 term's size at the start)
 
@@ -86,7 +87,7 @@ VARIANTS: dict[str, Variant] = {
     "l1_lr": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig()),
     "l1_plain": Variant(NO_GAN, OptimConfig(), PLAIN, NormalizationConfig()),
     "recipe_gan": Variant(LossConfig(fidelity_fraction=0.5), OptimConfig(), GeneratorConfig(), NormalizationConfig(),
-                          discriminator=OLD_DISCRIMINATOR),
+                          discriminator=OLD_DISCRIMINATOR, base="l1_lr"),
     "recipe_late": Variant(LossConfig(), OptimConfig(), GeneratorConfig(), NormalizationConfig()),
     "l1_ssim": Variant(NO_GAN.model_copy(update={"ssim_weight": 20.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
 }
@@ -126,8 +127,8 @@ def plot_curves(doc: dict[str, Any], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for ax, metric in zip(axes, ("psnr", "ssim"), strict=True):
-        for name, v in doc["variants"].items():
-            ax.plot([p["step"] for p in v["curve"]], [p[metric] for p in v["curve"]], marker="o", ms=3, label=name)
+        for i, (name, v) in enumerate(doc["variants"].items()):  # tab20, its dark colours first: one colour per variant (up to 20)
+            ax.plot([p["step"] for p in v["curve"]], [p[metric] for p in v["curve"]], marker="o", ms=3, label=name, color=plt.cm.tab20(2 * i % 20 + 2 * i // 20))
         ax.set_xlabel("generator steps")
         ax.set_ylabel(f"validation {metric.upper()}" + (" (dB)" if metric == "psnr" else ""))
         ax.grid(alpha=0.3)

@@ -212,16 +212,17 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
              f"per variant, patches {s['patch_size']}², batch {s['batch_size']}, generator depth {s['generator']['depth']} base "
              f"{s['generator']['base_channels']}. Data: {s['data']}; {recipe['n_train_images']} training images, "
              f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}. The budget is steps, so the scores do not "
-             "depend on the machine's load; the wall times in the JSON do (each variant records its load average) and are not "
-             "compared here.", ""]  # fmt: skip
-    rows = [[name, "", "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", ""] for name, v in recipe["classical"].items()]
+             "depend on the machine's load; the training seconds do (2 cores; a load of about 2 is the run's own threads), so "
+             "compare them only between rows of one commit.", ""]  # fmt: skip
+    rows = [[name, "", "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", "", "", ""] for name, v in recipe["classical"].items()]
     names = list(recipe["variants"])
     for i, (name, v) in enumerate(recipe["variants"].items()):
         base = v.get("base", names[i - 1] if i else None)  # results before named bases: the row above
         ref = recipe["variants"].get(base, {}).get("test") if base else None
         change = "" if ref is None else f"{v['test']['psnr'] - ref['psnr']:+.2f} dB / {v['test']['ssim'] - ref['ssim']:+.3f}"
-        rows.append([name, base or "", v["steps"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change])
-    lines += table(["variant", "changes", "steps", "PSNR dB", "SSIM", "change vs the variant it changes"], rows)
+        seconds = f"{v['fit_seconds']:.0f} (load {v['load_average'][0]:.1f})"
+        rows.append([name, base or "", v["steps"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change, seconds, v.get("commit", recipe["commit"])])
+    lines += table(["variant", "changes", "steps", "PSNR dB", "SSIM", "change vs the variant it changes", "training s", "commit"], rows)
     return lines + ["", f"![Recipe ablation curves]({RESULTS.relative_to(REPO) / 'recipe_curves.png'})", ""]
 
 
