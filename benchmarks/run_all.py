@@ -113,8 +113,15 @@ def quality_targets(quality: dict[str, Any]) -> list[list[str]]:
     rows = []
     for t, tr in quality["tracks"].items():
         target = tr["comparisons"]["target"]
-        rows.append([f"track {t}: default {target['wanted']} (medians)", target["measured"], _yes(target["met"])])
+        rows.append([f"track {t}: default {target['wanted']} (medians)", target["measured"] + _ran_at(tr, quality), _yes(target["met"])])
     return rows
+
+
+def _ran_at(track: Mapping[str, Any], quality: Mapping[str, Any]) -> str:
+    """`` (run at commit X, DATE, ...)`` for a track kept from an earlier quality run (``--keep-others``), else ``""``."""
+    if track.get("commit", quality["commit"]) == quality["commit"]:
+        return ""
+    return f" (run at commit {track['commit']}, {track['date']}, with the defaults of that commit)"
 
 
 def _yes(flag: bool | None) -> str:
@@ -166,8 +173,7 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
         lines += [f"Track A used one training field in {every['train']} and one test field in {every['test']} of the official "
                   "split (a smaller copy of the data); the split stays by field.", ""]  # fmt: skip
     for t, tr in quality["tracks"].items():
-        ran = f" (run at commit {tr['commit']}, {tr['date']}, with the defaults of that commit)" if tr.get("commit", quality["commit"]) != quality["commit"] else ""
-        lines += [f"### Track {t}: {tr['title']}{ran}", "",
+        lines += [f"### Track {t}: {tr['title']}{_ran_at(tr, quality)}", "",
                   f"{tr['n_train_images']} training images ({len(tr['train_fields'])} fields), {tr['n_test_images']} test images "
                   f"({len(tr['test_fields'])} fields: {', '.join(tr['test_fields'][:8])}{' …' if len(tr['test_fields']) > 8 else ''}). "
                   f"{tr['notes']}. Richardson-Lucy PSF: {tr['classical']['richardson_lucy']['psf']}.", ""]  # fmt: skip
@@ -398,7 +404,7 @@ def report(results: Mapping[str, dict[str, Any]]) -> str:
     if targets:
         lines += ["## Targets", "", *table(["target", "measured", "met"], targets), ""]
     if quality:
-        lines += ["Verdicts:", "", *(f"- {tr['verdict']}" for tr in quality["tracks"].values()), ""]
+        lines += ["Verdicts:", "", *(f"- {tr['verdict']}{_ran_at(tr, quality)}" for tr in quality["tracks"].values()), ""]
     sections = ((speed, speed_section), (precision, precision_section), (quality, quality_section), (recipe, recipe_section), (budget, train_budget_section),
                 (finetune, finetune_section), (trust, trust_section), (structures, structures_section),
                 (flicker, flicker_section), (reg, registration_section))  # fmt: skip
