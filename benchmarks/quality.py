@@ -70,7 +70,7 @@ from confocalize.pairs import PairPaths, collect_pairs, match_by_name, register_
 from confocalize.predict import enhance_image
 from confocalize.register import RegistrationOptions
 from confocalize.simulate import SimulationParams, object_from_image, render_pair
-from confocalize.train import fit
+from confocalize.train import cpu_model, fit
 from resolution import frc_resolution
 
 PATCH = 256  # training patch edge for every learned method (the reference U-Net needs 256)
@@ -503,12 +503,12 @@ def track_job(name: str, work: Path, budget: Budget, quick: bool, seed: int, eve
     a, b = w2s_track(quick, every), dscm_track(quick)
     track = simulated_track(a, b, work, quick, seed) if name == "C" else {"A": a, "B": b}[name]
     summary = run_track(track, work, budget, quick, seed, workers)
-    return {**summary, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - start}
+    return {**summary, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "seconds": time.perf_counter() - start}
 
 
 def kept_tracks(run_now: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The stored tracks that this run does not redo, if they ran with the same budget, data and seed
-    (each keeps the commit it ran at)."""
+    (each keeps the commit, date and CPU it ran at: a wall-time budget buys more steps on a faster CPU)."""
     path = RESULTS / "quality.json"
     if not path.is_file():
         return {}
@@ -516,7 +516,8 @@ def kept_tracks(run_now: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("budget", "w2s_every_nth_field", "patch_size", "batch_size", "seed", "val_every")
     if changed := [k for k in keys if old["settings"].get(k) != settings[k]]:
         raise SystemExit(f"{path}: its tracks ran with another {', '.join(changed)}; rerun every track (drop --keep-others)")
-    return {t: {"commit": old["commit"], "date": old["date"][:10], **tr} for t, tr in old["tracks"].items() if t not in run_now}
+    ran = {"commit": old["commit"], "date": old["date"][:10], "cpu": old["machine"]["cpu"]}
+    return {t: {**ran, **tr} for t, tr in old["tracks"].items() if t not in run_now}
 
 
 def print_track(name: str, summary: Mapping[str, Any]) -> None:

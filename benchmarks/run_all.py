@@ -121,7 +121,7 @@ def _ran_at(track: Mapping[str, Any], quality: Mapping[str, Any]) -> str:
     """`` (run at commit X, DATE, ...)`` for a track kept from an earlier quality run (``--keep-others``), else ``""``."""
     if track.get("commit", quality["commit"]) == quality["commit"]:
         return ""
-    return f" (run at commit {track['commit']}, {track['date']}, with the defaults of that commit)"
+    return f" (run at commit {track['commit']}, {track['date']}, on {track['cpu']}, with the defaults of that commit)"
 
 
 def _yes(flag: bool | None) -> str:
@@ -219,7 +219,7 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
              f"{s['generator']['base_channels']}. Data: {s['data']}; {recipe['n_train_images']} training images, "
              f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}. The budget is steps, so the scores do not "
              "depend on the machine's load; the training seconds do (2 cores; a load of about 2 is the run's own threads), so "
-             "compare them only between rows of one commit.", ""]  # fmt: skip
+             "compare them only between rows of one commit (runs of other commits may have had another CPU).", ""]  # fmt: skip
     rows = [[name, "", "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", "", "", ""] for name, v in recipe["classical"].items()]
     names = list(recipe["variants"])
     for i, (name, v) in enumerate(recipe["variants"].items()):
