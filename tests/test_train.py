@@ -57,7 +57,7 @@ def logged(run: Path, version: int) -> list[dict[str, str]]:
 def gan_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     root = tmp_path_factory.mktemp("pairs")
     write_tiny_pairs(root)
-    return root, fit(tiny_config(root, "gan"))
+    return root, fit(tiny_config(root, "gan", loss={"fidelity_fraction": 0.5}))  # the adversarial phase begins within the 3 steps
 
 
 def test_fit_writes_the_run_folder(gan_run: tuple[Path, Any]) -> None:
