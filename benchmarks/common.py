@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -139,6 +139,20 @@ def commit() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def kept_results(name: str, part: str, settings: Mapping[str, Any], redo: Collection[str]) -> dict[str, Any]:
+    """The entries of ``part`` in ``benchmarks/results/NAME.json`` that this run does not redo, each tagged
+    with the commit, date and CPU of the run that measured it (an entry's own tags win), if that run had
+    the same ``settings``; a one-line exit where it had not. None stored: nothing kept."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if changed := [k for k, v in settings.items() if old["settings"].get(k) != v]:
+        raise SystemExit(f"{path}: ran with another {', '.join(changed)}; rerun all of it (drop --keep-others)")
+    ran = {"commit": old["commit"], "date": old["date"][:10], "cpu": old["machine"]["cpu"]}
+    return {key: {**ran, **entry} for key, entry in old[part].items() if key not in redo}
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:

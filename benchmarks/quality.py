@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import multiprocessing
 import os
 import tempfile
@@ -56,7 +55,7 @@ import numpy as np
 
 from common import (
     DATA, DEFAULT, GENERATORS, LABELS, OLD_DEFAULT, OLD_DISCRIMINATOR, OLD_LOSS, OLD_OPTIM, OLD_PATCH_SIGNAL, REFERENCE, RESULTS, architecture,
-    commit, learning_curve, print_table, quiet_lightning, write_results,
+    commit, kept_results, learning_curve, print_table, quiet_lightning, write_results,
 )  # fmt: skip
 from confocalize import baselines
 from confocalize.config import DataConfig, DiscriminatorConfig, LossConfig, OptimConfig, TrainConfig, TrainerConfig
@@ -506,20 +505,6 @@ def track_job(name: str, work: Path, budget: Budget, quick: bool, seed: int, eve
     return {**summary, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "seconds": time.perf_counter() - start}
 
 
-def kept_tracks(run_now: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored tracks that this run does not redo, if they ran with the same budget, data and seed
-    (each keeps the commit, date and CPU it ran at: a wall-time budget buys more steps on a faster CPU)."""
-    path = RESULTS / "quality.json"
-    if not path.is_file():
-        return {}
-    old = json.loads(path.read_text())
-    keys = ("budget", "w2s_every_nth_field", "patch_size", "batch_size", "seed", "val_every")
-    if changed := [k for k in keys if old["settings"].get(k) != settings[k]]:
-        raise SystemExit(f"{path}: its tracks ran with another {', '.join(changed)}; rerun every track (drop --keep-others)")
-    ran = {"commit": old["commit"], "date": old["date"][:10], "cpu": old["machine"]["cpu"]}
-    return {t: {**ran, **tr} for t, tr in old["tracks"].items() if t not in run_now}
-
-
 def print_track(name: str, summary: Mapping[str, Any]) -> None:
     """Median [IQR] of each metric per method, the change vs LQ and the FRC resolution."""
     rows = []
@@ -566,7 +551,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "val_every": args.val_every, "val_fraction": VAL_FRACTION, "normalisation": NORMALISATION, "jobs": args.jobs,
             "learned": {name: m.description for name, m in LEARNED.items()}, "load_average_at_start": load_at_start,
         }  # fmt: skip
-        results: dict[str, Any] = kept_tracks(args.tracks, settings) if args.keep_others else {}
+        same = ("budget", "w2s_every_nth_field", "patch_size", "batch_size", "seed", "val_every")  # what a kept track must share
+        results: dict[str, Any] = kept_results("quality", "tracks", {k: settings[k] for k in same}, args.tracks) if args.keep_others else {}
         doc: dict[str, Any] = {}
 
         def done(name: str, summary: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from common import DEFAULT, GENERATORS, OLD_DISCRIMINATOR, OLD_LOSS, OLD_OPTIM, RESULTS, commit, learning_curve, print_table, quiet_lightning, write_results
+from common import DEFAULT, GENERATORS, OLD_DISCRIMINATOR, OLD_LOSS, OLD_OPTIM, RESULTS, commit, kept_results, learning_curve, print_table, quiet_lightning, write_results
 from confocalize import baselines
 from confocalize.config import DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig, NormalizationConfig, OptimConfig, TrainConfig, TrainerConfig
 from confocalize.io import read_image
@@ -99,17 +99,6 @@ def base_of(name: str) -> str | None:
     names = list(VARIANTS)
     i = names.index(name)
     return VARIANTS[name].base or (names[i - 1] if i else None)
-
-
-def kept_variants(args: argparse.Namespace) -> dict[str, Any]:
-    """The variants of the stored results that this run does not redo, if they ran at the same steps and seed."""
-    path = RESULTS / "recipe.json"
-    if not path.is_file():
-        return {}
-    old = json.loads(path.read_text())
-    if (old["settings"]["steps"], old["settings"]["seed"]) != (args.steps, args.seed):
-        raise SystemExit(f"{path}: ran {old['settings']['steps']} steps with seed {old['settings']['seed']}; rerun every variant")
-    return {name: {"commit": old["commit"], **v} for name, v in old["variants"].items() if name not in args.variants}
 
 
 def medians(outputs: dict[str, np.ndarray], hq: dict[str, np.ndarray]) -> dict[str, float]:
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "variants": results, "classical": classical,
     }  # fmt: skip
     if args.keep_others:
-        results = kept_variants(args) | results
+        results = kept_results("recipe", "variants", {"steps": args.steps, "seed": args.seed}, args.variants) | results
         doc["variants"] = {name: results[name] for name in VARIANTS if name in results}  # in the ablation's order
     rows = [[n, f"{r['test']['psnr']:.2f}", f"{r['test']['ssim']:.3f}", r.get("steps", ""), f"{r.get('fit_seconds', 0):.0f}"]
             for n, r in {**classical, **results}.items()]  # fmt: skip
