@@ -34,7 +34,7 @@ from confocalize.pairs import PairPaths
 from confocalize.predict import enhance_image
 from confocalize.structures import StructureCounts, compare_structures, median_shares
 from quality import (
-    CLASSICAL, LEARNED, ORDER, SIM_PARAMS, TUNING_IMAGES, TUNING_MAX_SIZE, Track, clean_test_pairs, dscm_track, tuning_pairs,
+    AVERAGED, CLASSICAL, LEARNED, ORDER, SIM_PARAMS, TUNING_IMAGES, TUNING_MAX_SIZE, Track, averaged_output, clean_test_pairs, dscm_track, tuning_pairs,
     w2s_track,
 )  # fmt: skip
 
@@ -63,6 +63,8 @@ def methods(name: str, work: Path, track_result: dict[str, Any], psf: np.ndarray
         with architecture(spec.generator):  # the reference pix2pix is built by its own code
             package = load_package(work / name / "runs" / method / "model")
         out[method] = lambda p, pkg=package: enhance_image(pkg, read_image(p.lq)).data
+        for averaged in (a for a, source in AVERAGED.items() if source == method):
+            out[averaged] = functools.partial(averaged_output, package)
     return {m: out[m] for m in ORDER}
 
 
