@@ -558,6 +558,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep-others", action="store_true",
                         help="keep the tracks not run now from benchmarks/results/quality.json (same budget, data and seed)")
     args = parser.parse_args(argv)
+    if args.work_dir and args.work_dir.is_dir() and any(args.work_dir.iterdir()):  # its runs would refuse to start, after the classical tuning
+        parser.error(f"--work-dir {args.work_dir}: not empty (an earlier run's pairs and runs); give a new or empty folder")
     minutes = args.minutes_per_model or (None if args.steps_per_model else (0.1 if args.quick else 4.0))
     budget = Budget(args.steps_per_model, minutes, args.val_every)
     every = tuple(args.w2s_every)
