@@ -125,8 +125,8 @@ LEARNED = {
                      "ramped in against a PatchGAN of base 32; cosine rate; EMA)"),
 }
 # The same trained models enhanced in their 8 flips/rotations and averaged: the output `enhance --uncertainty` writes
-# (8x the inference; the models are not retrained). name -> the learned model it averages.
-AVERAGED = {"l1_unet_x8": "l1_unet", f"{DEFAULT}_x8": DEFAULT}
+# (8x the inference; the models are not retrained). learned model -> the name of its averaged row.
+AVERAGED = {"l1_unet": "l1_unet_x8", DEFAULT: f"{DEFAULT}_x8"}
 BAR = {"A": "bm3d", "B": "richardson_lucy"}  # the classical method each track's learning curves must pass (C: the best)
 @dataclass(frozen=True)
 class Budget:
@@ -143,7 +143,7 @@ class Budget:
 
 
 CLASSICAL = ("gaussian", "nlm", "richardson_lucy", "bm3d")
-ORDER = (LQ, *CLASSICAL, *LEARNED, *AVERAGED)
+ORDER = (LQ, *CLASSICAL, *LEARNED, *AVERAGED.values())
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -335,11 +335,11 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
         start = time.perf_counter()
         outputs[name] = {p.name: enhance_image(package, read_image(p.lq)).data for p in track.test}
         seconds = (time.perf_counter() - start) / len(track.test)
-        averaged_seconds = {}
-        for averaged in (a for a, source in AVERAGED.items() if source == name):
+        averaged_seconds = {}  # as stored: {averaged row: seconds per image}
+        if name in AVERAGED:
             start = time.perf_counter()
-            outputs[averaged] = {p.name: averaged_output(package, p) for p in track.test}
-            averaged_seconds[averaged] = (time.perf_counter() - start) / len(track.test)
+            outputs[AVERAGED[name]] = {p.name: averaged_output(package, p) for p in track.test}
+            averaged_seconds[AVERAGED[name]] = (time.perf_counter() - start) / len(track.test)
         info[name] = {
             "description": method.description, "generator": GENERATORS[method.generator].model_dump(),
             "loss": method.loss.model_dump(), "optim": method.optim.model_dump(), "patch_signal": method.patch_signal,
@@ -411,7 +411,7 @@ def comparisons(track: str, methods: Mapping[str, Mapping[str, Any]]) -> dict[st
             "ssim_minus_reference": median[name]["ssim"] - median[REFERENCE]["ssim"],
         }  # fmt: skip
     out["target"] = target(track, methods)
-    out["target_averaged"] = target(track, methods, f"{DEFAULT}_x8", "l1_unet_x8")  # both models averaged over 8 flips/rotations
+    out["target_averaged"] = target(track, methods, AVERAGED[DEFAULT], AVERAGED["l1_unet"])  # both models averaged over 8 flips/rotations
     out["default_minus_l1_unet"] = {"psnr": d["psnr"] - median["l1_unet"]["psnr"], "ssim": d["ssim"] - median["l1_unet"]["ssim"]}
     return out
 
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "patch_size": PATCH, "batch_size": BATCH, "seed": args.seed, "val_every": args.val_every, "val_fraction": VAL_FRACTION, "normalisation": NORMALISATION, "jobs": args.jobs,
             "learned": {name: m.description for name, m in LEARNED.items()} | {
                 name: f"`{source}`'s model, its output averaged over the 8 flips/rotations of the input (enhance --uncertainty)"
-                for name, source in AVERAGED.items()},
+                for source, name in AVERAGED.items()},
             "load_average_at_start": load_at_start,
         }  # fmt: skip
         same = ("budget", "w2s_every_nth_field", "patch_size", "batch_size", "seed", "val_every")  # what a kept track must share

@@ -63,8 +63,8 @@ def methods(name: str, work: Path, track_result: dict[str, Any], psf: np.ndarray
         with architecture(spec.generator):  # the reference pix2pix is built by its own code
             package = load_package(work / name / "runs" / method / "model")
         out[method] = lambda p, pkg=package: enhance_image(pkg, read_image(p.lq)).data
-        for averaged in (a for a, source in AVERAGED.items() if source == method):
-            out[averaged] = functools.partial(averaged_output, package)
+        if method in AVERAGED:
+            out[AVERAGED[method]] = functools.partial(averaged_output, package)
     return {m: out[m] for m in ORDER}
 
 
