@@ -20,6 +20,7 @@ choice's effect:
                   (and ``residual: auto``, which picks the residual U-Net on these pairs, as l1_lr has it)
     recipe_late   the adversarial phase in the last fifth only, PatchGAN base 32 (a quarter of its FLOPs): the defaults
     l1_ssim       l1_lr + an SSIM term (ssim_weight 20: about the L1 term's size at the start)
+    l1_ssim_low   the SSIM term at a quarter of that weight (5): W2S test images lose SSIM to BM3D in their dark parts
 
 Gaussian and BM3D (sigma tuned on training images) are scored on the same test images.
 
@@ -90,6 +91,7 @@ VARIANTS: dict[str, Variant] = {
                           discriminator=OLD_DISCRIMINATOR, base="l1_lr"),
     "recipe_late": Variant(LossConfig(), OptimConfig(), GeneratorConfig(), NormalizationConfig()),
     "l1_ssim": Variant(NO_GAN.model_copy(update={"ssim_weight": 20.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
+    "l1_ssim_low": Variant(NO_GAN.model_copy(update={"ssim_weight": 5.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
 }
 PATCH, BATCH = 128, 8
 
