@@ -23,6 +23,8 @@ choice's effect:
     l1_ssim_low   the SSIM term at a quarter of that weight (5): W2S test images lose SSIM to BM3D in their dark parts
     l1_patch64    l1_lr on 64² patches in batches of 32 (the same pixels per step, four times the patches: CSBDeep's and
                   DnCNN's small patches; the test images' residual noise is blotchy, which more varied batches may average out)
+    l1_nonorm     l1_lr without BatchNorm (CSBDeep's CARE U-Net has none): batch statistics of 8 patches are noisy, and
+                  training normalises by them while the exported model uses the running means
 
 Gaussian and BM3D (sigma tuned on training images) are scored on the same test images.
 
@@ -97,6 +99,7 @@ VARIANTS: dict[str, Variant] = {
     "l1_ssim": Variant(NO_GAN.model_copy(update={"ssim_weight": 20.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
     "l1_ssim_low": Variant(NO_GAN.model_copy(update={"ssim_weight": 5.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
     "l1_patch64": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig(), patch_size=64, batch_size=32, base="l1_lr"),
+    "l1_nonorm": Variant(NO_GAN, OptimConfig(), GeneratorConfig(residual=True, norm="none"), NormalizationConfig(), base="l1_lr"),
 }
 
 
