@@ -15,7 +15,8 @@ C. Cross-system wide-field -> confocal, simulated: the real HQ images of A and B
 Methods: raw LQ; classical (Gaussian, non-local means, Richardson-Lucy, BM3D; parameters tuned on
 training fields only, see :mod:`confocalize.baselines`); learned (L1-only U-Net, reference pix2pix,
 the confocalize default before the recipe, and today's default), each trained by ``train.fit`` for
-the same budget: a wall time or a number of steps (patches 256², batch 4), stated in the results;
+the same budget: a wall time or a number of steps, stated in the results (patches 256², batch 4, as the
+reference U-Net needs; the L1 U-Net and the default: the TrainConfig defaults, 64², batch 32);
 and the L1 U-Net and the default again, each output averaged over the 8 flips/rotations of its input
 (``*_x8``: what ``enhance --uncertainty`` writes, 8x the inference, the same trained models).
 Every score comes from :func:`confocalize.evaluate.evaluate_pairs`; resolution from the Fourier ring
@@ -75,7 +76,7 @@ from confocalize.train import cpu_model, fit
 from confocalize.uncertainty import enhance_with_uncertainty
 from resolution import frc_resolution
 
-PATCH = 256  # training patch edge for every learned method (the reference U-Net needs 256)
+PATCH = 256  # training patch edge of the reference and the old default (the reference U-Net needs 256)
 BATCH = 4
 VAL_FRACTION = 0.1  # validation fields (at least one) for the learning curves
 TUNING_IMAGES = 6  # training images the classical parameters are tuned on (spread over the training fields)
@@ -109,11 +110,14 @@ class Learned:
     patch_signal: float
     description: str
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    patch_size: int = PATCH
+    batch_size: int = BATCH
 
 
 LEARNED = {
     "l1_unet": Learned(DEFAULT, LossConfig(adv_weight=0.0), OptimConfig(), DataConfig().patch_signal,
-                       "L1-only U-Net (CARE idea): the default generator and recipe, no discriminator"),
+                       "L1-only U-Net (CARE idea): the default generator and recipe, no discriminator",
+                       patch_size=DataConfig().patch_size, batch_size=DataConfig().batch_size),
     REFERENCE: Learned(REFERENCE, OLD_LOSS.model_copy(update={"gan_mode": "bce"}), OLD_OPTIM, OLD_PATCH_SIGNAL,
                        "reference pix2pix: unet_256 (ngf 64), 70x70 PatchGAN (base 64), L1 100, BCE GAN, Adam 2e-4 / 0.5",
                        OLD_DISCRIMINATOR),
@@ -122,7 +126,8 @@ LEARNED = {
                          "constant rate, no EMA", OLD_DISCRIMINATOR),
     DEFAULT: Learned(DEFAULT, LossConfig(), OptimConfig(), DataConfig().patch_signal,
                      f"{LABELS[DEFAULT]}: TrainConfig defaults (the recipe: L1 phase for 80% of the budget, then LSGAN "
-                     "ramped in against a PatchGAN of base 32; cosine rate; EMA)"),
+                     f"ramped in against a PatchGAN of base 32; cosine rate; EMA; {DataConfig().patch_size}² patches, batch {DataConfig().batch_size})",
+                     patch_size=DataConfig().patch_size, batch_size=DataConfig().batch_size),
 }
 # The same trained models enhanced in their 8 flips/rotations and averaged: the output `enhance --uncertainty` writes
 # (8x the inference; the models are not retrained). learned model -> the name of its averaged row.
@@ -320,7 +325,7 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
     for name, method in LEARNED.items():
         cfg = TrainConfig(
             output_dir=work / track.name / "runs" / name,
-            data=DataConfig(pairs_csv=csv_path, patch_size=PATCH, batch_size=BATCH, val_fraction=VAL_FRACTION, test_fraction=0.0,
+            data=DataConfig(pairs_csv=csv_path, patch_size=method.patch_size, batch_size=method.batch_size, val_fraction=VAL_FRACTION, test_fraction=0.0,
                             patch_signal=method.patch_signal),  # fmt: skip
             generator=GENERATORS[method.generator],
             discriminator=method.discriminator,
@@ -343,7 +348,7 @@ def learned(track: Track, work: Path, budget: Budget, seed: int) -> tuple[dict[s
         info[name] = {
             "description": method.description, "generator": GENERATORS[method.generator].model_dump(),
             "loss": method.loss.model_dump(), "optim": method.optim.model_dump(), "patch_signal": method.patch_signal,
-            "discriminator": method.discriminator.model_dump(), "steps": result.steps, "fit_seconds": result.seconds, "val_fields": result.split["val"]["fields"],
+            "patch_size": method.patch_size, "batch_size": method.batch_size, "discriminator": method.discriminator.model_dump(), "steps": result.steps, "fit_seconds": result.seconds, "val_fields": result.split["val"]["fields"],
             "val_names": result.split["val"]["names"], "curve": learning_curve(cfg.output_dir),
             "seconds_per_image": seconds, "averaged_seconds_per_image": averaged_seconds,
         }  # fmt: skip

@@ -38,7 +38,7 @@ def demo_config(output_dir: Path, pairs_dir: Path, minutes: float | None, seed: 
     budget of ``minutes`` or ``steps`` (whichever ends first; a step budget does not depend on the speed or load of the machine)."""
     return TrainConfig(
         output_dir=output_dir / "run",
-        data=DataConfig(pairs_dir=pairs_dir, patch_size=128, batch_size=8, val_fraction=0.2, test_fraction=0.2),
+        data=DataConfig(pairs_dir=pairs_dir, val_fraction=0.2, test_fraction=0.2),
         trainer=TrainerConfig(max_steps=steps, max_time_minutes=minutes, val_every_steps=100, seed=seed, progress_bar=False),
         provenance=ProvenanceConfig(**dict(zip(("lq_system", "hq_system"), systems(SimulationParams()), strict=True))),
     )
