@@ -162,7 +162,8 @@ def speed_section(speed: dict[str, Any]) -> list[str]:
 def quality_section(quality: dict[str, Any]) -> list[str]:
     s = quality["settings"]
     lines = ["## Quality (`benchmarks/quality.py`)", "",
-             f"Training budget: {s['budget']}. Patches {s['patch_size']}², batch {s['batch_size']}. Metrics: {s['normalisation']}. "
+             f"Training budget: {s['budget']}. Patches {s['patch_size']}², batch {s['batch_size']}, where a track's learning-curve table "
+             f"names no other. Metrics: {s['normalisation']}. "
              "Median [IQR] over test images; relative change vs raw LQ as (method − LQ)/|LQ|; FRC = Fourier ring "
              "correlation resolution against HQ at the 1/7 threshold (smaller is sharper). Classical parameters were tuned "
              "on training fields only; learned methods list their training steps. In the figures *generated* is the default model.",
@@ -191,12 +192,13 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
         rel_fig = RESULTS.relative_to(REPO) / "quality" / t / Path(tr["figure"]).name  # written there, on whichever machine
         lines += ["", f"**{tr['verdict']}**", "", f"Figure (one test field per row): `{rel_fig}`.", ""]
         if "curves" in tr:
-            lines += curves_section(t, tr)
+            lines += curves_section(t, tr, (s["patch_size"], s["batch_size"]))
     return lines
 
 
-def curves_section(t: str, tr: Mapping[str, Any]) -> list[str]:
-    """The learning-curve figure of a track and when each learned model first passed the track's bar."""
+def curves_section(t: str, tr: Mapping[str, Any], patches: tuple[int, int]) -> list[str]:
+    """The learning-curve figure of a track and when each learned model first passed the track's bar (``patches``:
+    the run's patch edge and batch, for models that record none of their own)."""
     c = tr["curves"]
     bar, scores = c["bar"], c["classical_on_validation"]
     rel = RESULTS.relative_to(REPO) / "quality" / t / Path(c["figure"]).name
@@ -209,8 +211,10 @@ def curves_section(t: str, tr: Mapping[str, Any]) -> list[str]:
         passed = c["passes_bar"][name]
         when = f"step {passed['step']}, {passed['seconds'] / 60:.1f} min" if passed else "not within the budget"
         final = f"{last['psnr']:.2f} / {last['ssim']:.3f}" if last else "—"
-        rows.append([name, info["steps"], f"{info['fit_seconds'] / 60:.1f}", final, when])
-    return lines + table(["model", "steps", "minutes", "last validation PSNR / SSIM", f"first passes {bar} (PSNR and SSIM)"], rows) + [""]
+        batch = f"{info.get('patch_size', patches[0])}² x {info.get('batch_size', patches[1])}"
+        rows.append([name, info["steps"], batch, f"{info['fit_seconds'] / 60:.1f}", final, when])
+    header = ["model", "steps", "patches x batch", "minutes", "last validation PSNR / SSIM", f"first passes {bar} (PSNR and SSIM)"]
+    return lines + table(header, rows) + [""]
 
 
 def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
@@ -223,6 +227,10 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
              f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}. The budget is steps, so the scores do not "
              "depend on the machine's load; the training seconds do (2 cores; a load of about 2 is the run's own threads), so "
              "compare them only between rows of one commit (runs of other commits may have had another CPU).", ""]  # fmt: skip
+    own = [f"{name} {v['patch_size']}², batch {v['batch_size']}" for name, v in recipe["variants"].items()
+           if (v.get("patch_size", s["patch_size"]), v.get("batch_size", s["batch_size"])) != (s["patch_size"], s["batch_size"])]
+    if own:
+        lines[-2] += f" Rows with their own patches: {', '.join(own)}."
     rows = [[name, "", "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", "", "", ""] for name, v in recipe["classical"].items()]
     names = list(recipe["variants"])
     for i, (name, v) in enumerate(recipe["variants"].items()):
