@@ -78,7 +78,7 @@ class Variant:
     normalization: NormalizationConfig = field(default_factory=lambda: PIXELS)
     patch_signal: float = 0.0
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    patch_size: int = 128
+    patch_size: int = 128  # the ablation's patches: the defaults until l1_patch64 moved them to 64² x 32
     batch_size: int = 8
     base: str | None = None  # None: the variant before it
 
