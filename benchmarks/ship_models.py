@@ -74,7 +74,7 @@ def ship(work: Path, quality: dict[str, Any], tracks: str = "ABC") -> list[Path]
         hardware = machine["gpu"] or f"{machine['logical_cores']}-core {machine['cpu']} (torch {machine['torch']})"
         command = (f"python benchmarks/quality.py --minutes-per-model {settings['minutes_per_model']:g} "
                    f"--w2s-every {settings['w2s_every_nth_field']['train']} {settings['w2s_every_nth_field']['test']} "
-                   f"--val-every {settings['val_every']} (commit {quality['commit']})")  # fmt: skip
+                   f"--val-every {settings['val_every']} (commit {track.get('commit', quality['commit'])})")  # fmt: skip
         old = package.provenance.training_data
         data = TrainingData(source={"data": spec["data"]}, n_pairs=old.n_pairs, n_fields=old.n_fields, split=old.split,
                             lq_pixel_sizes_um=old.lq_pixel_sizes_um) if old else None  # fmt: skip
