@@ -100,6 +100,7 @@ VARIANTS: dict[str, Variant] = {
     "l1_ssim_low": Variant(NO_GAN.model_copy(update={"ssim_weight": 5.0}), OptimConfig(), RESIDUAL, NormalizationConfig(), base="l1_lr"),
     "l1_patch64": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig(), patch_size=64, batch_size=32, base="l1_lr"),
     "l1_nonorm": Variant(NO_GAN, OptimConfig(), GeneratorConfig(residual=True, norm="none"), NormalizationConfig(), base="l1_lr"),
+    "l1_batch64": Variant(NO_GAN, OptimConfig(), RESIDUAL, NormalizationConfig(), patch_size=64, batch_size=64, base="l1_patch64"),
 }
 
 
