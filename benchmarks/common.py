@@ -87,11 +87,16 @@ def learning_curve(run: Path) -> list[dict[str, float]]:
     ]  # fmt: skip
 
 
-def median_scores(outputs: Mapping[str, np.ndarray], pairs: Sequence[PairPaths]) -> dict[str, float]:
-    """Median plain PSNR/SSIM (``metrics.compare``: percentile-normalised, data_range 1) of ``outputs``
-    (by pair name) against each pair's HQ."""
+def per_image_scores(outputs: Mapping[str, np.ndarray], pairs: Sequence[PairPaths]) -> dict[str, list[float]]:
+    """Plain PSNR and SSIM (``metrics.compare``: percentile-normalised, data_range 1) of ``outputs``
+    (by pair name) against each pair's HQ, in ``pairs``' order."""
     values = [compare(outputs[p.name], read_image(p.hq).data)["plain"] for p in pairs]
-    return {m: float(np.median([v[m] for v in values])) for m in ("psnr", "ssim")}
+    return {m: [float(v[m]) for v in values] for m in ("psnr", "ssim")}
+
+
+def median_scores(outputs: Mapping[str, np.ndarray], pairs: Sequence[PairPaths]) -> dict[str, float]:
+    """Median plain PSNR/SSIM of ``outputs`` (:func:`per_image_scores`)."""
+    return {m: float(np.median(v)) for m, v in per_image_scores(outputs, pairs).items()}
 
 
 def quiet_lightning() -> None:
