@@ -283,7 +283,8 @@ def finetune_section(doc: Mapping[str, Any]) -> list[str]:
              "field; scratch starts from random weights, finetune from the parent's generator (`--init-from`).",
              *([f"Parent of B: trained here for {s['parent_minutes']:g} min on Micro 1-5; the user fine-tunes on Mito, test Mito 0 "
                 "and 1."] if "B" in doc["tracks"] else []),
-             *([f"Parent of C: the built-in model; the user's wide-field has NA {s['user_optics_c']['lq_na']} and "
+             *([f"Parent of C: the built-in model of commit {doc['commit']} (the built-in models have been retrained since); "
+                f"the user's wide-field has NA {s['user_optics_c']['lq_na']} and "
                 f"{s['user_optics_c']['lq_peak_photons']:g} peak photons, objects from W2S fields no built-in model saw."]
                if "C" in doc["tracks"] else []),
             "Plain PSNR/SSIM, percentile-normalised images, data_range 1, medians over the test images."]  # fmt: skip

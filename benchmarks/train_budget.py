@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(command[1:]), "minutes": args.minutes, "train_wall_seconds": train_wall,
         "steps": provenance.steps if provenance else None, "machine_before": before, "load_average_after_training": load_after,
         "train_fields": sorted({p.field for p in track.train}), "test_fields": sorted({p.field for p in test}),
-        "subset_names": [p.name for p in subset], "subset_rule": f"every {args.bm3d_every} scored test fields, one image each, the channels in turn", "normalisation": NORMALISATION, "data_range": 1.0,
+        "subset_names": [p.name for p in subset], "subset_rule": f"one in {args.bm3d_every} of the scored test fields, one image each, the channels in turn", "normalisation": NORMALISATION, "data_range": 1.0,
         "gaussian": {"params": gaussian.params, "tuning_images": len(subsets["gaussian"])},
         "bm3d": {"params": bm3d.params, "tuning_images": len(subsets["bm3d"])},
         "curve": curve, "medians": medians, "per_image_bm3d_subset": by_image, "default_minus_bm3d_by_image": vs_bm3d,
