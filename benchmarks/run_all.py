@@ -318,8 +318,9 @@ def trust_section(doc: Mapping[str, Any]) -> list[str]:
 def structures_section(doc: Mapping[str, Any]) -> list[str]:
     """Invented and missed structures per method and track."""
     q = doc["quality_run"]
+    commits = ", ".join(f"{name} at commit {t.get('quality_commit', q['commit'])}" for name, t in doc["tracks"].items())
     lines = ["## Invented and missed structures (`benchmarks/structures.py`)", "",
-             f"Every method of the quality run (commit {q['commit']}, {q['budget']}) on its test images: {doc['method']}. "
+             f"Every method of the quality runs ({commits}; {q['budget']}) on their test images: {doc['method']}. "
              "Invented: detected in the output with no HQ counterpart; missed: in HQ with none in the output.", ""]  # fmt: skip
     rows = [[name, method, *(_share(r["median"][k]) for k in ("invented_spots", "missed_spots", "invented_filaments", "missed_filaments"))]
             for name, track in doc["tracks"].items() for method, r in track["methods"].items()]  # fmt: skip

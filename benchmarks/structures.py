@@ -77,7 +77,9 @@ def score_track(name: str, work: Path, quality: dict[str, Any]) -> dict[str, Any
         counts = [compare_structures(apply(p), read_image(p.hq).data) for p in track.test]
         total = sum(counts, StructureCounts())
         results[method] = {"median": median_shares(counts), "total": dict(zip(total.__dataclass_fields__, total.counts(), strict=True))}
-    return {"n_test_images": len(track.test), "methods": results, "seconds": time.perf_counter() - start}
+    run = quality["tracks"][name]
+    return {"n_test_images": len(track.test), "quality_commit": run.get("commit", quality.get("commit")), "methods": results,
+            "seconds": time.perf_counter() - start}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
