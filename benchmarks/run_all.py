@@ -231,6 +231,12 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
            if (v.get("patch_size", s["patch_size"]), v.get("batch_size", s["batch_size"])) != (s["patch_size"], s["batch_size"])]
     if own:
         lines[-2] += f" Rows with their own patches: {', '.join(own)}."
+    g = s["generator"]
+    nets = {name: v.get("generator", g) for name, v in recipe["variants"].items()}  # early rows: the settings' generator
+    deeper = [f"{name} depth {n['depth']} base {n['base_channels']}" for name, n in nets.items()
+              if (n["depth"], n["base_channels"]) != (g["depth"], g["base_channels"])]  # fmt: skip
+    if deeper:
+        lines[-2] += f" Rows with their own generator: {', '.join(deeper)}."
     rows = [[name, "", "", f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", "", "", ""] for name, v in recipe["classical"].items()]
     names = list(recipe["variants"])
     for i, (name, v) in enumerate(recipe["variants"].items()):
