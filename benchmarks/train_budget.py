@@ -39,7 +39,7 @@ from confocalize.metrics import NORMALISATION
 from confocalize.pairs import PairPaths
 from confocalize.package import load_package
 from confocalize.predict import enhance_image
-from quality import TUNING_IMAGES, TUNING_MAX_SIZE, _pairs_csv, classical_methods, tuning_pairs, tuning_subset, w2s_track
+from quality import TUNING_IMAGES, TUNING_MAX_SIZE, _pairs_csv, classical_methods, paired, tuning_pairs, tuning_subset, w2s_track
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -76,14 +76,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         denoised = {p.name: baselines.bm3d(lq[p.name], **bm3d.params) for p in subset}
         curve = learning_curve(run)
         provenance = package.provenance.training
+    on_subset = {name: per_image_scores(outputs, subset) for name, outputs in (("lq", lq), ("gaussian", blurred), ("bm3d", denoised), ("default", model))}
     medians = {
         "all": {"n_images": len(test), "lq": median_scores(lq, test), "gaussian": median_scores(blurred, test), "default": median_scores(model, test)},
-        "bm3d_subset": {"n_images": len(subset), "lq": median_scores(lq, subset), "gaussian": median_scores(blurred, subset),
-                        "bm3d": median_scores(denoised, subset), "default": median_scores(model, subset)},
+        "bm3d_subset": {"n_images": len(subset), **{name: {m: float(np.median(v)) for m, v in s.items()} for name, s in on_subset.items()}},
     }  # fmt: skip
-    by_image = {name: per_image_scores(outputs, subset) for name, outputs in (("default", model), ("bm3d", denoised))}
-    vs_bm3d = {m: float(np.median(np.subtract(by_image["default"][m], by_image["bm3d"][m]))) for m in ("psnr", "ssim")}
-    vs_bm3d["ssim_higher"] = int(np.sum(np.greater(by_image["default"]["ssim"], by_image["bm3d"]["ssim"])))
+    by_image = {name: on_subset[name] for name in ("default", "bm3d")}
+    vs_bm3d = paired({name: {"per_image": s} for name, s in by_image.items()}, "default", "bm3d")
     target_met = all(medians["all"]["default"][m] > medians["all"]["gaussian"][m] for m in ("psnr", "ssim"))
     doc = {
         "command": " ".join(command[1:]), "minutes": args.minutes, "train_wall_seconds": train_wall,
