@@ -1,6 +1,6 @@
 """Run every benchmark and regenerate ``BENCHMARKS.md`` from ``benchmarks/results/*.json``.
 
-    python benchmarks/run_all.py                  # speed, quality (default budget), recipe ablation, 30-min train, fine-tuning,
+    python benchmarks/run_all.py                  # speed, quality (default budget), recipe ablation, 30-min train, training throughput, fine-tuning,
                                                   # trust, invented structures (on the quality run's models), flicker, registration
     python benchmarks/run_all.py --quick          # smoke run of every path
     python benchmarks/run_all.py --report-only    # only rewrite BENCHMARKS.md from the JSON files
@@ -26,7 +26,7 @@ from common import DEFAULT, LABELS, REPO, RESULTS
 BENCHMARKS = REPO / "benchmarks"
 REPORT = REPO / "BENCHMARKS.md"
 RSS_GIB = 2**30
-NAMES = ("speed", "precision", "quality", "recipe", "train_budget", "finetune", "trust", "structures", "flicker", "registration")
+NAMES = ("speed", "precision", "quality", "recipe", "train_budget", "train_speed", "finetune", "trust", "structures", "flicker", "registration")
 
 
 def scripts(quick: bool, minutes: float | None, work: Path) -> dict[str, list[str]]:
@@ -35,6 +35,7 @@ def scripts(quick: bool, minutes: float | None, work: Path) -> dict[str, list[st
     quality = (["--quick"] if quick else []) + ([f"--minutes-per-model={minutes:g}"] if minutes else []) + ["--work-dir", str(work)]
     runs = {"speed": ["--quick"] if quick else [], "precision": ["--quick"] if quick else [], "quality": quality, "recipe": ["--quick", "--steps", "20"] if quick else [],
             "train_budget": ["--quick", "--minutes", "0.3", "--test-every", "20"] if quick else [],
+            "train_speed": ["--quick"] if quick else [],
             "finetune": ["--quick", "--minutes", "0.15", "--parent-minutes", "0.15", "--val-every", "10"] if quick else [],
             "trust": ["--quick"] if quick else [], "structures": ["--work-dir", str(work)],
             "flicker": ["--frames", "3", "--size", "128"] if quick else []}
@@ -282,6 +283,25 @@ def train_budget_section(doc: Mapping[str, Any]) -> list[str]:
     return lines + ["", paired, "", f"Validation PSNR/SSIM by step (every 4th validation): {curve}.", ""]
 
 
+def train_speed_section(doc: Mapping[str, Any]) -> list[str]:
+    """Where a training step's time goes: inside Lightning, between steps, and the fwd+bwd+Adam floor, per setting."""
+    s = doc["settings"]
+    lines = ["## Training throughput (`benchmarks/train_speed.py`)", "",
+             f"The default recipe ({s['patch_size']}² patches, batch {s['batch_size']}, generator depth {s['generator']['depth']} "
+             f"base {s['generator']['base_channels']}) for {s['steps']} generator steps, {s['repeats']} runs per setting (order "
+             f"alternating), {s['threads']} threads; data: {s['data']}. *Step*: batch start to batch end inside Lightning "
+             "(forward, backward, optimizer steps, EMA, logging, guards), median after the first "
+             f"{s['warmup_steps']} steps; the last 20% of the steps are the adversarial phase (discriminator step added). *Gap*: "
+             "from one step's end to the next one's start (data loading, epoch ends), mean. *Floor*: the generator's forward, "
+             "L1 loss, backward and Adam step on a batch of the same shape outside Lightning (median), in the setting's memory "
+             f"layout. Load average at the start {[round(v, 2) for v in s['load_average_at_start']]}, at the end "
+             f"{doc['machine']['load_average_1_5_15min']} (the run's own threads count about 2).", ""]  # fmt: skip
+    rows = [[name, f"{v['fidelity_step_s']:.3f}", f"{v['adversarial_step_s']:.3f}" if v["adversarial_step_s"] else "-",
+             f"{v['gap_mean_s']:.3f} (max {v['gap_max_s']:.2f})", f"{v['compute_floor_s']:.3f}", f"{v['share_above_floor']:.0%}"]
+            for name, v in doc["summary"].items()]  # fmt: skip
+    return lines + table(["setting", "fidelity step s", "adversarial step s", "gap s", "floor s", "above the floor"], rows) + [""]
+
+
 def finetune_section(doc: Mapping[str, Any]) -> list[str]:
     """Fine-tuning a partner's model against training from scratch, per track and number of training fields."""
     s = doc["settings"]
@@ -412,9 +432,9 @@ def registration_section(reg: dict[str, Any]) -> list[str]:
 
 def report(results: Mapping[str, dict[str, Any]]) -> str:
     """BENCHMARKS.md from the result documents that exist."""
-    speed, precision, quality, reg, recipe, budget, finetune, trust, structures, flicker = (
+    speed, precision, quality, reg, recipe, budget, train_speed, finetune, trust, structures, flicker = (
         results.get(n)
-        for n in ("speed", "precision", "quality", "registration", "recipe", "train_budget", "finetune", "trust", "structures", "flicker")
+        for n in ("speed", "precision", "quality", "registration", "recipe", "train_budget", "train_speed", "finetune", "trust", "structures", "flicker")
     )
     lines = ["# Benchmarks", "",
              "Generated by `make bench` (`benchmarks/run_all.py`) from `benchmarks/results/*.json`; do not edit by hand. "
@@ -428,7 +448,7 @@ def report(results: Mapping[str, dict[str, Any]]) -> str:
     if quality:
         lines += ["Verdicts:", "", *(f"- {tr['verdict']}{_ran_at(tr, quality)}" for tr in quality["tracks"].values()), ""]
     sections = ((speed, speed_section), (precision, precision_section), (quality, quality_section), (recipe, recipe_section), (budget, train_budget_section),
-                (finetune, finetune_section), (trust, trust_section), (structures, structures_section),
+                (train_speed, train_speed_section), (finetune, finetune_section), (trust, trust_section), (structures, structures_section),
                 (flicker, flicker_section), (reg, registration_section))  # fmt: skip
     for doc, section in sections:
         if doc:

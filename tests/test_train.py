@@ -15,6 +15,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
+from lightning.pytorch.callbacks import Callback
+
 from confocalize.config import TrainConfig, parse_config
 from confocalize.errors import ConfocalizeError
 from confocalize.guards import StopRequest
@@ -162,3 +164,27 @@ def test_a_stop_request_ends_the_run_after_the_current_step_and_exports(tmp_path
     result = fit(tiny_config(tmp_path, "stopped", trainer={"max_steps": 50}), callbacks=[StopRequest(stop)])
     assert result.steps == 1
     assert load_package(result.model_dir).metrics["val"]["ssim"] == pytest.approx(result.best_val["ssim"])
+
+
+class _MemoryFormats(Callback):
+    """Records, at every training batch, whether all 4D weights of the generator and its EMA copy are channels_last."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        weights = [p for p in module.parameters() if p.dim() == 4 and p.shape[1] > 1]  # one channel: both layouts coincide
+        self.seen.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in weights))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_changes_the_memory_layout_not_the_model(tmp_path: Path, channels_last: bool) -> None:
+    write_tiny_pairs(tmp_path, n_fields=3, per_field=1)
+    formats = _MemoryFormats()
+    result = fit(tiny_config(tmp_path, "run", generator={"base_channels": 8}, trainer={"max_steps": 2, "channels_last": channels_last}),
+                 callbacks=[formats])  # fmt: skip
+    assert formats.seen == [channels_last] * 2
+    reference = fit(tiny_config(tmp_path, "ref", generator={"base_channels": 8}, trainer={"max_steps": 2, "channels_last": False}))
+    ours, theirs = (load_package(r.model_dir).generator.state_dict() for r in (result, reference))
+    for name, value in theirs.items():  # same seed, same data: the layout must not change what is learned
+        torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -164,6 +164,11 @@ class TrainerConfig(Strict):
         description="read back the NaN and collapse checks and check the weights every this many generator steps (and "
         "before every checkpoint); each check is a host synchronisation",
     )  # fmt: skip
+    channels_last: bool = Field(
+        True,
+        description="keep the nets' weights and the batches in channels_last (NHWC) memory: faster convolutions on CPUs "
+        "and tensor-core GPUs (benchmarks/train_speed.py measures it); False: PyTorch's default NCHW",
+    )
     stop_on_nan: bool = Field(True, description="stop when a loss or weight becomes NaN/Inf, keeping the last good checkpoint")
     d_collapse_steps: int = Field(200, ge=0, description="stop when the D loss stays below d_collapse_threshold this many steps; 0: never")
     d_collapse_threshold: float = Field(1e-3, gt=0, description="D loss below which the discriminator counts as collapsed")

@@ -145,6 +145,12 @@ class Pix2Pix(L.LightningModule):
         if self.generator_ema is not None:
             self.generator_ema.requires_grad_(False)  # updated by averaging, never by an optimizer
 
+    def setup(self, stage: str) -> None:
+        """Before the strategy moves and wraps the nets and the optimizers are made: their memory format
+        (a convolution with channels_last weights computes in channels_last, whatever its input's layout)."""
+        if self.cfg.trainer.channels_last:
+            self.to(memory_format=torch.channels_last)
+
     @property
     def n_optimizers(self) -> int:
         """Optimizer steps per batch: 2 with a discriminator, else 1."""
