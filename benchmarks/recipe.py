@@ -129,14 +129,15 @@ def plot_curves(doc: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
     for ax, metric in zip(axes, ("psnr", "ssim"), strict=True):
-        for i, (name, v) in enumerate(doc["variants"].items()):  # tab20, its dark colours first: one colour per variant (up to 20)
-            ax.plot([p["step"] for p in v["curve"]], [p[metric] for p in v["curve"]], marker="o", ms=3, label=name, color=plt.cm.tab20(2 * i % 20 + 2 * i // 20))
+        for i, (name, v) in enumerate(doc["variants"].items()):  # tab20's dark colours, solid, then its light ones, dashed: one look per variant (up to 20)
+            style = {"color": plt.cm.tab20(2 * i % 20 + 2 * i // 20), "linestyle": "-" if i < 10 else "--", "marker": "os^"[i % 3]}
+            ax.plot([p["step"] for p in v["curve"]], [p[metric] for p in v["curve"]], ms=3, label=name, **style)
         ax.set_xlabel("generator steps")
         ax.set_ylabel(f"validation {metric.upper()}" + (" (dB)" if metric == "psnr" else ""))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower right")
+    fig.legend(*axes[1].get_legend_handles_labels(), fontsize=8, loc="outside right center")  # beside the curves, never over them
     fig.suptitle("Recipe ablation on W2S: validation on held-out fields of the training set (EMA weights where the variant has them)")
     fig.savefig(path, dpi=90)
     plt.close(fig)

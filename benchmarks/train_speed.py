@@ -6,8 +6,8 @@ only at the end, once per setting and repeat, the settings' order alternating be
 A callback times every step inside Lightning (batch start to batch end: forward, backward,
 optimizer steps, EMA, logging and the guards) and the gap between steps (the next batch from the
 data loader, the epoch ends, checkpoints). The same generator's forward, L1 loss, backward and
-Adam step on a batch of the same shape, outside Lightning, is the compute floor: the share of a
-step above it is overhead. Settings:
+Adam step on a batch of the same shape, outside Lightning (the two layouts' steps interleaved), is
+the compute floor: the share of a step above it is overhead. Settings:
 
 * ``channels_last``: the default (``trainer.channels_last``: weights in NHWC memory);
 * ``nchw``: PyTorch's default layout;
@@ -68,23 +68,27 @@ class StepTimer(Callback):
         self.steps[self._phase].append(self._end - self._start)
 
 
-def compute_floor(generator: GeneratorConfig, patch: int, batch: int, channels_last: bool, repeats: int) -> float:
-    """Median seconds of the generator's forward, L1 loss, backward and Adam step on one batch, outside Lightning."""
+def compute_floors(generator: GeneratorConfig, patch: int, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds of the generator's forward, L1 loss, backward and Adam step on one batch outside
+    Lightning, per memory layout; the two layouts' steps interleaved, so that drift of the machine hits both."""
     torch.manual_seed(0)
-    net = build_generator(generator.model_copy(update={"residual": True}))
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = torch.randn(batch, 1, patch, patch), torch.randn(batch, 1, patch, patch)
-    times = []
-    for _ in range(WARMUP_STEPS + repeats):
-        start = time.perf_counter()
-        loss = torch.nn.functional.l1_loss(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[WARMUP_STEPS:]))
+    nets = {}
+    for layout in ("channels_last", "nchw"):
+        net = build_generator(generator.model_copy(update={"residual": True}))
+        net = net.to(memory_format=torch.channels_last) if layout == "channels_last" else net
+        nets[layout] = (net, torch.optim.Adam(net.parameters(), lr=1e-3))
+    times: dict[str, list[float]] = {layout: [] for layout in nets}
+    for i in range(WARMUP_STEPS + repeats):
+        for layout in list(nets)[:: 1 if i % 2 == 0 else -1]:
+            net, opt = nets[layout]
+            start = time.perf_counter()
+            loss = torch.nn.functional.l1_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times[layout].append(time.perf_counter() - start)
+    return {layout: float(np.median(t[WARMUP_STEPS:])) for layout, t in times.items()}
 
 
 def _median(values: list[float]) -> float | None:
@@ -117,8 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    "load_average": os.getloadavg()})  # fmt: skip
                 print(f"{name} #{r}: {result.steps} steps in {result.seconds:.0f} s", flush=True)
     d = defaults.data
-    floors = {layout: compute_floor(defaults.generator, d.patch_size, d.batch_size, layout == "channels_last", 6 if args.quick else 30)
-              for layout in ("channels_last", "nchw")}  # fmt: skip
+    floors = compute_floors(defaults.generator, d.patch_size, d.batch_size, 6 if args.quick else 40)
     summary = {}
     for name, rs in runs.items():
         fidelity = [t for run in rs for t in run["step_seconds"]["fidelity"][WARMUP_STEPS:]]
