@@ -297,9 +297,14 @@ def train_speed_section(doc: Mapping[str, Any]) -> list[str]:
              f"layout. Load average at the start {[round(v, 2) for v in s['load_average_at_start']]}, at the end "
              f"{doc['machine']['load_average_1_5_15min']} (the run's own threads count about 2).", ""]  # fmt: skip
     rows = [[name, f"{v['fidelity_step_s']:.3f}", f"{v['adversarial_step_s']:.3f}" if v["adversarial_step_s"] else "-",
-             f"{v['gap_mean_s']:.3f} (max {v['gap_max_s']:.2f})", f"{v['compute_floor_s']:.3f}", f"{v['share_above_floor']:.0%}"]
+             f"{v['gap_mean_s']:.3f} (max {v['gap_max_s']:.2f})", f"{v['compute_floor_s']:.3f}", f"{v['share_above_floor']:.0%}",
+             " / ".join(f"{r['fit_seconds']:.0f}" for r in doc["runs"][name])]
             for name, v in doc["summary"].items()]  # fmt: skip
-    return lines + table(["setting", "fidelity step s", "adversarial step s", "gap s", "floor s", "above the floor"], rows) + [""]
+    cl, nchw = doc["summary"]["channels_last"], doc["summary"]["nchw"]
+    change = (f"channels_last against NCHW: {cl['fidelity_step_s'] / nchw['fidelity_step_s'] - 1:+.0%} per fidelity step, "
+              f"{cl['adversarial_step_s'] / nchw['adversarial_step_s'] - 1:+.0%} per adversarial step.")  # fmt: skip
+    header = ["setting", "fidelity step s", "adversarial step s", "gap s", "floor s", "above the floor", "whole runs s"]
+    return lines + table(header, rows) + ["", change, ""]
 
 
 def finetune_section(doc: Mapping[str, Any]) -> list[str]:
