@@ -43,7 +43,8 @@ class DataConfig(Strict):
     patch_size: int = Field(
         64, ge=16,
         description="training patch edge in pixels; 64 in batches of 32 (CSBDeep's size) beat 128 in batches of 8, the same "
-        "pixels per step, by 0.5 dB / 0.021 SSIM on W2S at 1,000 steps (benchmarks/recipe.py, row l1_patch64)",
+        "pixels per step, by 0.5 dB / 0.021 SSIM on W2S at 1,000 steps, and 48 x 56 and 32 x 128 by 0.3 and 2.7 dB "
+        "(benchmarks/recipe.py, rows l1_patch64, l1_patch48, l1_patch32)",
     )  # fmt: skip
     batch_size: int = Field(32, ge=1, description="patches per step and process")
     patches_per_epoch: int = Field(256, ge=1, description="random patches drawn per training epoch")
