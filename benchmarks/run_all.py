@@ -314,6 +314,10 @@ def train_speed_section(doc: Mapping[str, Any]) -> list[str]:
     cl, nchw = doc["summary"]["channels_last"], doc["summary"]["nchw"]
     change = (f"channels_last against NCHW: {cl['fidelity_step_s'] / nchw['fidelity_step_s'] - 1:+.0%} per fidelity step, "
               f"{cl['adversarial_step_s'] / nchw['adversarial_step_s'] - 1:+.0%} per adversarial step.")  # fmt: skip
+    if "floors" in doc:
+        f = doc["floors"]
+        change += (f" `torch.compile` of the channels_last generator: {f['channels_last_compiled']:.3f} s per floor step against "
+                   f"{f['channels_last']:.3f} s eager, after {doc['compile_seconds']:.0f} s of compiling.")  # fmt: skip
     header = ["setting", "fidelity step s", "adversarial step s", "gap s", "floor s", "above the floor", "whole runs s"]
     return lines + table(header, rows) + ["", change, ""]
 

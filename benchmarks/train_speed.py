@@ -7,7 +7,9 @@ A callback times every step inside Lightning (batch start to batch end: forward,
 optimizer steps, EMA, logging and the guards) and the gap between steps (the next batch from the
 data loader, the epoch ends, checkpoints). The same generator's forward, L1 loss, backward and
 Adam step on a batch of the same shape, outside Lightning (the two layouts' steps interleaved), is
-the compute floor: the share of a step above it is overhead. Settings:
+the compute floor: the share of a step above it is overhead; the same step of the channels_last
+generator under ``torch.compile`` (interleaved with them) and its compile time say what compiling
+would buy. Settings:
 
 * ``channels_last``: the default (``trainer.channels_last``: weights in NHWC memory);
 * ``nchw``: PyTorch's default layout;
@@ -28,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -68,27 +71,34 @@ class StepTimer(Callback):
         self.steps[self._phase].append(self._end - self._start)
 
 
-def compute_floors(generator: GeneratorConfig, patch: int, batch: int, repeats: int) -> dict[str, float]:
+def compute_floors(generator: GeneratorConfig, patch: int, batch: int, repeats: int) -> tuple[dict[str, float], float]:
     """Median seconds of the generator's forward, L1 loss, backward and Adam step on one batch outside
-    Lightning, per memory layout; the two layouts' steps interleaved, so that drift of the machine hits both."""
+    Lightning, per memory layout and for channels_last under ``torch.compile``, the three interleaved so that
+    drift of the machine hits all; and the seconds of the compiled net's first step (compiling it)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 1, patch, patch), torch.randn(batch, 1, patch, patch)
     nets = {}
-    for layout in ("channels_last", "nchw"):
+    for layout in ("channels_last", "nchw", "channels_last_compiled"):
         net = build_generator(generator.model_copy(update={"residual": True}))
-        net = net.to(memory_format=torch.channels_last) if layout == "channels_last" else net
-        nets[layout] = (net, torch.optim.Adam(net.parameters(), lr=1e-3))
+        net = net if layout == "nchw" else net.to(memory_format=torch.channels_last)
+        nets[layout] = (torch.compile(net) if layout.endswith("compiled") else net, torch.optim.Adam(net.parameters(), lr=1e-3))
+
+    def step(layout: str) -> float:
+        net, opt = nets[layout]
+        start = time.perf_counter()
+        loss = torch.nn.functional.l1_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory(prefix="confocalize-inductor-") as cache, mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache}):
+        compile_seconds = step("channels_last_compiled")  # compiled from scratch: no cache of an earlier run
     times: dict[str, list[float]] = {layout: [] for layout in nets}
     for i in range(WARMUP_STEPS + repeats):
         for layout in list(nets)[:: 1 if i % 2 == 0 else -1]:
-            net, opt = nets[layout]
-            start = time.perf_counter()
-            loss = torch.nn.functional.l1_loss(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            times[layout].append(time.perf_counter() - start)
-    return {layout: float(np.median(t[WARMUP_STEPS:])) for layout, t in times.items()}
+            times[layout].append(step(layout))
+    return {layout: float(np.median(t[WARMUP_STEPS:])) for layout, t in times.items()}, compile_seconds
 
 
 def _median(values: list[float]) -> float | None:
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    "load_average": os.getloadavg()})  # fmt: skip
                 print(f"{name} #{r}: {result.steps} steps in {result.seconds:.0f} s", flush=True)
     d = defaults.data
-    floors = compute_floors(defaults.generator, d.patch_size, d.batch_size, 6 if args.quick else 40)
+    floors, compile_seconds = compute_floors(defaults.generator, d.patch_size, d.batch_size, 6 if args.quick else 40)
     summary = {}
     for name, rs in runs.items():
         fidelity = [t for run in rs for t in run["step_seconds"]["fidelity"][WARMUP_STEPS:]]
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"steps": steps, "repeats": repeats, "warmup_steps": WARMUP_STEPS, "patch_size": d.patch_size, "batch_size": d.batch_size,
                      "generator": defaults.generator.model_dump(), "threads": torch.get_num_threads(), "load_average_at_start": load_at_start,
                      "data": f"W2S every 4th training field of 001-080 ({len(track.train)} images), val 10% of them"},
-        "summary": summary, "runs": runs,
+        "summary": summary, "floors": floors, "compile_seconds": compile_seconds, "runs": runs,
     }  # fmt: skip
     print(f"written {write_results('train_speed', doc)}")
     return doc
