@@ -314,6 +314,8 @@ def train_speed_section(doc: Mapping[str, Any]) -> list[str]:
     cl, nchw = doc["summary"]["channels_last"], doc["summary"]["nchw"]
     change = (f"channels_last against NCHW: {cl['fidelity_step_s'] / nchw['fidelity_step_s'] - 1:+.0%} per fidelity step, "
               f"{cl['adversarial_step_s'] / nchw['adversarial_step_s'] - 1:+.0%} per adversarial step.")  # fmt: skip
+    spread = max((max(t) - min(t)) / min(t) for t in ([r["fit_seconds"] for r in runs] for runs in doc["runs"].values()))
+    change += f" Runs of one setting differed by up to {spread:.0%} in wall time: smaller differences between settings are noise."
     if "floors" in doc:
         f = doc["floors"]
         change += (f" `torch.compile` of the channels_last generator: {f['channels_last_compiled']:.3f} s per floor step against "
