@@ -167,8 +167,8 @@ class TrainerConfig(Strict):
     )  # fmt: skip
     channels_last: bool = Field(
         True,
-        description="keep the nets' weights and the batches in channels_last (NHWC) memory: faster convolutions on CPUs "
-        "and tensor-core GPUs (benchmarks/train_speed.py measures it); False: PyTorch's default NCHW",
+        description="keep the nets' weights in channels_last (NHWC) memory, so their convolutions compute in it: faster on "
+        "CPUs and tensor-core GPUs (benchmarks/train_speed.py measures it); False: PyTorch's default NCHW",
     )
     stop_on_nan: bool = Field(True, description="stop when a loss or weight becomes NaN/Inf, keeping the last good checkpoint")
     d_collapse_steps: int = Field(200, ge=0, description="stop when the D loss stays below d_collapse_threshold this many steps; 0: never")
