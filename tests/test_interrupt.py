@@ -51,14 +51,26 @@ def pairs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture()
-def run_config(pairs: Path) -> Path:
-    """A YAML config for a tiny GAN run of MAX_STEPS steps, checkpointing every EVERY steps."""
+def _run_config(pairs: Path, max_steps: int) -> Path:
+    """A YAML config for a tiny GAN run of ``max_steps`` steps, checkpointing every EVERY steps."""
     config = tiny_config(
         pairs, "run", data={"patches_per_epoch": 64},
-        trainer={"max_steps": MAX_STEPS, "val_every_steps": 100, "checkpoint_every_steps": EVERY, "log_every_steps": 1},
+        trainer={"max_steps": max_steps, "val_every_steps": 100, "checkpoint_every_steps": EVERY, "log_every_steps": 1},
     )  # fmt: skip
     return dump_config(config, pairs / "run.yaml")
+
+
+@pytest.fixture()
+def run_config(pairs: Path) -> Path:
+    """A tiny GAN run of MAX_STEPS steps (a resumed run must reach its end)."""
+    return _run_config(pairs, MAX_STEPS)
+
+
+@pytest.fixture()
+def endless_config(pairs: Path) -> Path:
+    """A tiny GAN run far longer than any test waits: a signal always finds it training (MAX_STEPS tiny steps can
+    all be done before the signal lands when the test process is kept off the cores for a second)."""
+    return _run_config(pairs, 100 * MAX_STEPS)
 
 
 def start_training(config: Path, *extra: object) -> subprocess.Popen:
@@ -87,10 +99,10 @@ def test_kill_9_then_resume_reaches_the_same_final_step(run_config: Path) -> Non
     assert (run / "model" / "weights.safetensors").is_file()
 
 
-def test_sigterm_saves_the_exact_step_and_exits_143(run_config: Path) -> None:
-    run = run_config.parent / "run"
+def test_sigterm_saves_the_exact_step_and_exits_143(endless_config: Path) -> None:
+    run = endless_config.parent / "run"
     last = run / "checkpoints" / "last.ckpt"
-    proc = start_training(run_config)
+    proc = start_training(endless_config)
     wait_for_checkpoint(last, EVERY, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
