@@ -229,13 +229,18 @@ def _late_rise(curve: Sequence[Mapping[str, float]]) -> str:
     return f"{last['psnr'] - start['psnr']:+.2f} dB / {last['ssim'] - start['ssim']:+.3f} (from step {start['step']:.0f})"
 
 
+def _patches_and_net(settings: Mapping[str, Any]) -> str:
+    """A training run's patches, batch and generator size, as its ``settings`` record them."""
+    g = settings["generator"]
+    return f"patches {settings['patch_size']}², batch {settings['batch_size']}, generator depth {g['depth']} base {g['base_channels']}"
+
+
 def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
     """The recipe ablation: each choice added one at a time, scored on the same test images as the classical methods."""
     s = recipe["settings"]
     lines = ["## Recipe ablation (`benchmarks/recipe.py`)", "",
              f"Each row changes one choice of the variant it names (pix2pix is the old default recipe). {s['steps']} generator steps "
-             f"per variant, patches {s['patch_size']}², batch {s['batch_size']}, generator depth {s['generator']['depth']} base "
-             f"{s['generator']['base_channels']}. Data: {s['data']}; {recipe['n_train_images']} training images, "
+             f"per variant, {_patches_and_net(s)}. Data: {s['data']}; {recipe['n_train_images']} training images, "
              f"{recipe['n_test_images']} test images. Metrics: {s['metrics']}. The budget is steps, so the scores do not "
              "depend on the machine's load; the training seconds do (2 cores; a load of about 2 is the run's own threads), so "
              "compare them only between rows of one commit (runs of other commits may have had another CPU).", ""]  # fmt: skip
@@ -297,12 +302,13 @@ def train_budget_section(doc: Mapping[str, Any]) -> list[str]:
 def train_speed_section(doc: Mapping[str, Any]) -> list[str]:
     """Where a training step's time goes: inside Lightning, between steps, and the fwd+bwd+Adam floor, per setting."""
     s = doc["settings"]
+    phases = next(iter(doc["runs"].values()))[0]["step_seconds"]
+    adversarial = len(phases["adversarial"]) / (len(phases["adversarial"]) + len(phases["fidelity"]))
     lines = ["## Training throughput (`benchmarks/train_speed.py`)", "",
-             f"The default recipe ({s['patch_size']}² patches, batch {s['batch_size']}, generator depth {s['generator']['depth']} "
-             f"base {s['generator']['base_channels']}) for {s['steps']} generator steps, {s['repeats']} runs per setting (order "
+             f"The default recipe ({_patches_and_net(s)}) for {s['steps']} generator steps, {s['repeats']} runs per setting (order "
              f"alternating), {s['threads']} threads; data: {s['data']}. *Step*: batch start to batch end inside Lightning "
              "(forward, backward, optimizer steps, EMA, logging, guards), median after the first "
-             f"{s['warmup_steps']} steps; the last 20% of the steps are the adversarial phase (discriminator step added). *Gap*: "
+             f"{s['warmup_steps']} steps; the last {adversarial:.0%} of the steps are the adversarial phase (discriminator step added). *Gap*: "
              "from one step's end to the next one's start (data loading, epoch ends), mean. *Floor*: the generator's forward, "
              "L1 loss, backward and Adam step on a batch of the same shape outside Lightning (median), in the setting's memory "
              f"layout. Load average at the start {[round(v, 2) for v in s['load_average_at_start']]}, at the end "

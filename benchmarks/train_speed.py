@@ -107,7 +107,7 @@ def _median(values: list[float]) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120, help="generator steps per run (the last 20%% are the adversarial phase)")
+    parser.add_argument("--steps", type=int, default=120, help="generator steps per run (the recipe's adversarial phase is among them, from loss.fidelity_fraction on)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting, the settings' order alternating")
     parser.add_argument("--quick", action="store_true", help="three fields, 12 steps, one repeat")
     args = parser.parse_args(argv)
