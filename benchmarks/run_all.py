@@ -356,16 +356,16 @@ def finetune_section(doc: Mapping[str, Any]) -> list[str]:
 
 def trust_section(doc: Mapping[str, Any]) -> list[str]:
     """Uncertainty calibration per track: Spearman of predicted uncertainty vs absolute error, calibration error."""
-    rows = [[name, t["model"], len(t["test_images"]), f"{t['median']['spearman']:.2f}", _yes(t["target_spearman_0_5_met"]),
+    rows = [[name, t["model"], t["calibration"]["n_images"], len(t["test_images"]), f"{t['median']['spearman']:.2f}", _yes(t["target_spearman_0_5_met"]),
              f"{t['calibration_error']:.2f}", f"{t['outside_calibration_fraction']:.0%}"]
             for name, t in doc["tracks"].items()]  # fmt: skip
     lines = ["## Can I trust this pixel? (`benchmarks/trust.py`)", "",
-             "Uncertainty of `enhance --uncertainty` (spread over the 8 flips/rotations, calibrated on the model's own "
-             "validation fields) against the absolute error of the output, per pixel, on held-out test images (central "
+             "Uncertainty of `enhance --uncertainty` (spread over the 8 flips/rotations, calibrated on fields the model "
+             "never trained on: its validation fields, for C also W2S fields its split does not name) against the absolute error of the output, per pixel, on held-out test images (central "
              f"{doc['settings']['crop']}² crops). Spearman: median over images (target ≥ 0.5). Calibration error: the "
              "pixel-weighted mean of |observed / predicted RMS error - 1| over equal-count bins of predicted uncertainty "
              "(0: perfectly calibrated; the bins are the reliability diagrams below).", ""]  # fmt: skip
-    lines += table(["track", "model", "test images", "Spearman", "≥ 0.5", "calibration error", "images flagged outside calibration"], rows)
+    lines += table(["track", "model", "calibration images", "test images", "Spearman", "≥ 0.5", "calibration error", "images flagged outside calibration"], rows)
     return lines + ["", f"![Reliability diagrams]({RESULTS.relative_to(REPO) / 'trust.png'})", ""]
 
 

@@ -14,8 +14,9 @@ outputs, of the noise-free truth and of the input itself.
 * B: ``dscm-confocal-sted``; validation Micro_3, test Micro_4, Micro_5, Mito_0, Mito_1 (central
   512² crops, a quarter of the compute).
 * C: ``sim-widefield-confocal``; pairs rendered as ``quality.py`` renders them (real HQ images as
-  objects, :data:`quality.SIM_PARAMS`); validation objects W2S 021_0 and DSCM Micro_3, test objects
-  from W2S test fields and DSCM Micro_4, Mito_0; scored against the noise-free confocal rendering.
+  objects, :data:`quality.SIM_PARAMS`); validation objects W2S 021_0 and DSCM Micro_3 (its own
+  validation split) and six W2S fields of 001-080 that its split does not name, test objects from
+  W2S test fields and DSCM Micro_4, Mito_0; scored against the noise-free confocal rendering.
 
     python benchmarks/trust.py                    # ~8 min on 2 cores
     python benchmarks/trust.py --write-packages   # also store the fitted calibrations in the built-in models
@@ -47,6 +48,7 @@ from confocalize.uncertainty import enhance_with_uncertainty, fit_calibration, o
 from quality import SIM_PARAMS, clean_test_pairs, dscm_pair, render_objects
 
 MODELS = {"A": "w2s-denoise", "B": "dscm-confocal-sted", "C": "sim-widefield-confocal"}
+C_EXTRA_VAL = 6  # W2S objects added to C's two validation fields: with two images the fit weighs the spread on no evidence
 CROP = 512  # central crop edge of every image (B's 1000² fields cost four times as much)
 QUICK_CROP = 256
 
@@ -75,8 +77,9 @@ def track_pairs(track: str, quick: bool, work: Path) -> dict[str, list[PairPaths
     if track == "B":
         test = ["Micro_4"] if quick else ["Micro_4", "Micro_5", "Mito_0", "Mito_1"]
         return {"val": [dscm_pair("Micro_3")], "test": [dscm_pair(n) for n in test]}
+    own = [("A", w2s(["021_0"])[0]), ("B", dscm_pair("Micro_3"))]  # the validation split of MODELS["C"]
     objects = {
-        "val": [("A", w2s(["021_0"])[0]), ("B", dscm_pair("Micro_3"))][: 1 if quick else 2],
+        "val": own[:1] if quick else own + [("A", p) for p in w2s(unseen_w2s_fields(load_package(MODELS["C"]), C_EXTRA_VAL))],
         "test": [("A", p) for p in w2s(["091_1"] if quick else ["081_0", "091_1", "101_2", "111_0"])]
         + ([] if quick else [("B", dscm_pair("Micro_4")), ("B", dscm_pair("Mito_0"))]),
     }  # fmt: skip
@@ -85,6 +88,15 @@ def track_pairs(track: str, quick: bool, work: Path) -> dict[str, list[PairPaths
         render_objects(items, work / "C" / split, target="clean", seed=[7, int(split == "test")])
         pairs[split] = clean_test_pairs(work / "C" / split)
     return pairs
+
+
+def unseen_w2s_fields(package: ModelPackage, n: int) -> list[str]:
+    """``n`` W2S images of 001-080 (``NNN_C``, the channels in turn) that no split of ``package`` names as a
+    track-A object (``A_NNN_C``): the model never trained or validated on them."""
+    data = package.provenance.training_data
+    named = {f.split("_")[1] for part in (data.split.values() if data else []) for f in part.get("fields", []) if f.startswith("A_")}
+    free = [f for f in range(1, 81) if f"{f:03d}" not in named]
+    return [f"{f:03d}_{i % 3}" for i, f in enumerate(free[:: max(1, len(free) // n)][:n])]
 
 
 def cropped(pairs: Sequence[PairPaths], edge: int, out: Path) -> list[PairPaths]:
@@ -121,7 +133,7 @@ def run_track(track: str, quick: bool, work: Path) -> tuple[dict[str, Any], Mode
     package = load_package(MODELS[track])
     pairs = {split: cropped(ps, QUICK_CROP if quick else CROP, work / track / split) for split, ps in track_pairs(track, quick, work).items()}
     val, test = tta(package, pairs["val"]), tta(package, pairs["test"])
-    cal = fit_calibration(val["spread"], val["mean"], val["error"], data=f"validation fields of its training split: {', '.join(p.name for p in pairs['val'])} (central {QUICK_CROP if quick else CROP}² crops)")
+    cal = fit_calibration(val["spread"], val["mean"], val["error"], data=f"{'fields it never trained on' if track == 'C' else 'validation fields of its training split'}: {', '.join(p.name for p in pairs['val'])} (central {QUICK_CROP if quick else CROP}² crops)")
     scale_only = calibration.fit(val["spread"], val["mean"], val["error"], terms=("spread",))
     predicted = [calibration.calibrated(s.copy(), m, cal.scale, cal.signal, cal.floor) for s, m in zip(test["spread"], test["mean"])]
     scaled = [calibration.calibrated(s.copy(), m, **scale_only) for s, m in zip(test["spread"], test["mean"])]
@@ -180,7 +192,7 @@ def figure(results: dict[str, Any], examples: dict[str, Any], path: Path) -> Pat
         ax.plot([0, top], [0, top], "k--", lw=1, label="calibrated")
         ax.set_xlabel("predicted uncertainty (RMS per bin, output units)")
         ax.set_ylabel("observed RMS error")
-        ax.set_title(f"Track {track} ({r['model']}): Spearman {r['median']['spearman']:.2f}, test images")
+        ax.set_title(f"Track {track} ({r['model']}): test Spearman {r['median']['spearman']:.2f}", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         ex = examples[track]
