@@ -40,9 +40,11 @@ Gaussian and BM3D (sigma tuned on training images) are scored on the same test i
     python benchmarks/recipe.py --steps 1000        # ~50 min on 2 cores
     python benchmarks/recipe.py --steps 40 --quick  # smoke run
     python benchmarks/recipe.py --variants l1_residual l1_window l1_lr l1_plain recipe_gan --keep-others   # new rows only
+    python benchmarks/recipe.py --seed 1 --variants l1_patch64 l1_lr4   # a choice again with another seed
 
-Writes ``benchmarks/results/recipe.json`` and ``benchmarks/results/recipe_curves.png``
-(``--plot-only`` redraws the figure from the JSON).
+Writes ``benchmarks/results/recipe.json`` and ``benchmarks/results/recipe_curves.png`` (``--plot-only``
+redraws the figure from the JSON); a run with ``--seed N`` other than 0 writes ``recipe_seedN.json``
+and ``recipe_seedN_curves.png`` instead, which BENCHMARKS.md sets beside seed 0's rows.
 """
 
 from __future__ import annotations
@@ -154,6 +156,11 @@ def plot_curves(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def results_name(seed: int) -> str:
+    """The results' name in ``benchmarks/results``: ``recipe`` for seed 0, ``recipe_seedN`` for another."""
+    return "recipe" if seed == 0 else f"recipe_seed{seed}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train every variant, score it with the classical methods on the same test images, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -162,14 +169,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="three fields and one test field")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from benchmarks/results/recipe.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the JSON (of --seed's run)")
     parser.add_argument("--keep-others", action="store_true",
                         help="keep the variants not run now from benchmarks/results/recipe.json (same steps and seed; each "
                              "variant records the commit and date it ran at)")
     args = parser.parse_args(argv)
+    stem = results_name(args.seed)
     if args.plot_only:
-        doc = json.loads((RESULTS / "recipe.json").read_text())
-        print(f"written {plot_curves(doc, RESULTS / 'recipe_curves.png')}")
+        doc = json.loads((RESULTS / f"{stem}.json").read_text())
+        print(f"written {plot_curves(doc, RESULTS / f'{stem}_curves.png')}")
         return doc
     quiet_lightning()
     load_at_start = os.getloadavg()
@@ -216,12 +224,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "variants": results, "classical": classical,
     }  # fmt: skip
     if args.keep_others:
-        results = kept_results("recipe", "variants", {"steps": args.steps, "seed": args.seed}, args.variants) | results
+        results = kept_results(stem, "variants", {"steps": args.steps, "seed": args.seed}, args.variants) | results
         doc["variants"] = {name: results[name] for name in VARIANTS if name in results}  # in the ablation's order
     rows = [[n, f"{r['test']['psnr']:.2f}", f"{r['test']['ssim']:.3f}", r.get("steps", ""), f"{r.get('fit_seconds', 0):.0f}"]
             for n, r in {**classical, **results}.items()]  # fmt: skip
     print_table(f"Recipe ablation ({len(track.test)} test images)", ["variant", "PSNR dB", "SSIM", "steps", "fit s"], rows)
-    print(f"written {write_results('recipe', doc)}, {plot_curves(doc, RESULTS / 'recipe_curves.png')}")
+    print(f"written {write_results(stem, doc)}, {plot_curves(doc, RESULTS / f'{stem}_curves.png')}")
     return doc
 
 

@@ -235,8 +235,9 @@ def _patches_and_net(settings: Mapping[str, Any]) -> str:
     return f"patches {settings['patch_size']}², batch {settings['batch_size']}, generator depth {g['depth']} base {g['base_channels']}"
 
 
-def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
-    """The recipe ablation: each choice added one at a time, scored on the same test images as the classical methods."""
+def recipe_section(recipe: Mapping[str, Any], seeds: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The recipe ablation: each choice added one at a time, scored on the same test images as the classical methods;
+    the variants that ``seeds`` (runs of ``recipe.py --seed N``) ran again, seed by seed."""
     s = recipe["settings"]
     lines = ["## Recipe ablation (`benchmarks/recipe.py`)", "",
              f"Each row changes one choice of the variant it names (pix2pix is the old default recipe). {s['steps']} generator steps "
@@ -263,7 +264,24 @@ def recipe_section(recipe: Mapping[str, Any]) -> list[str]:
         seconds = f"{v['fit_seconds']:.0f} (load {v['load_average'][0]:.1f})"
         rows.append([name, base or "", v["steps"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change, seconds, v.get("commit", recipe["commit"])])
     lines += table(["variant", "changes", "steps", "PSNR dB", "SSIM", "change vs the variant it changes", "training s", "commit"], rows)
-    return lines + ["", f"![Recipe ablation curves]({RESULTS.relative_to(REPO) / 'recipe_curves.png'})", ""]
+    lines += ["", f"![Recipe ablation curves]({RESULTS.relative_to(REPO) / 'recipe_curves.png'})", ""]
+    return lines + (_recipe_seeds(recipe, seeds) if seeds else [])
+
+
+def _recipe_seeds(recipe: Mapping[str, Any], seeds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each variant that another seed ran again: its scores and its change against its base, seed by seed."""
+    rows = []
+    for name in recipe["variants"]:
+        runs = [doc for doc in (recipe, *seeds) if name in doc["variants"]]
+        for doc in runs if len(runs) > 1 else ():
+            v = doc["variants"][name]
+            ref = doc["variants"].get(v.get("base"), {}).get("test")
+            change = "" if ref is None else f"{v['test']['psnr'] - ref['psnr']:+.2f} dB / {v['test']['ssim'] - ref['ssim']:+.3f}"
+            rows.append([name, doc["settings"]["seed"], f"{v['test']['psnr']:.2f}", f"{v['test']['ssim']:.3f}", change, v.get("commit", doc["commit"])])
+    lines = ["### Other seeds", "",
+             "The same variants, steps, data and test images with another seed (the weights' initialisation, the patches "
+             "drawn and which training fields are held out for validation): the change against the base is measured within each seed.", ""]  # fmt: skip
+    return lines + table(["variant", "seed", "PSNR dB", "SSIM", "change vs its base (same seed)", "commit"], rows) + [""]
 
 
 def train_budget_target(doc: Mapping[str, Any]) -> list[str]:
@@ -475,7 +493,9 @@ def report(results: Mapping[str, dict[str, Any]]) -> str:
         lines += ["## Targets", "", *table(["target", "measured", "met"], targets), ""]
     if quality:
         lines += ["Verdicts:", "", *(f"- {tr['verdict']}{_ran_at(tr, quality)}" for tr in quality["tracks"].values()), ""]
-    sections = ((speed, speed_section), (precision, precision_section), (quality, quality_section), (recipe, recipe_section), (budget, train_budget_section),
+    seeds = [doc for name, doc in results.items() if name.startswith("recipe_seed")]
+    sections = ((speed, speed_section), (precision, precision_section), (quality, quality_section),
+                (recipe, lambda doc: recipe_section(doc, seeds)), (budget, train_budget_section),
                 (train_speed, train_speed_section), (finetune, finetune_section), (trust, trust_section), (structures, structures_section),
                 (flicker, flicker_section), (reg, registration_section))  # fmt: skip
     for doc, section in sections:
@@ -498,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name not in args.skip and run(name, script_args) != 0:
                     failed.append(name)
     results = {name: doc for name in NAMES if (doc := load(name)) is not None}
+    results |= {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("recipe_seed*.json"))}  # recipe.py --seed N
     REPORT.write_text(report(results))
     print(f"written {REPORT}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
