@@ -16,7 +16,7 @@ from confocalize.cli import main
 from confocalize.config import GeneratorConfig, NormalizationConfig
 from confocalize.evaluate import evaluate_model
 from confocalize.io import Image, read_image, write_image
-from confocalize.package import ModelPackage, UncertaintyCalibration, build_generator, load_package, save_package
+from confocalize.package import ModelPackage, TrainingData, UncertaintyCalibration, build_generator, load_package, save_package
 from confocalize.pairs import PairPaths
 
 TINY = GeneratorConfig(depth=2, base_channels=4, residual=True)  # with a random head: input plus a varied correction
@@ -94,6 +94,27 @@ def test_calibrate_stores_in_the_package(package: ModelPackage, tmp_path: Path, 
     assert [r["name"] for r in block["per_image"]] == ["p0", "p1"] and -1 <= block["median_spearman"] <= 1
     assert result["uncertainty"] == block
     assert read_image(tmp_path / "eval" / "generated" / "p0.uncertainty.ome.tif").data.shape == (32, 32)
+
+
+def test_cli_calibrate_writes_a_new_package_and_keeps_the_model(package: ModelPackage, tmp_path: Path, rng: np.random.Generator,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    for i in range(3):
+        hq = rng.random((32, 32)).astype(np.float32)
+        write_image(tmp_path / "hq" / f"p{i}.tif", hq, "YX")
+        write_image(tmp_path / "lq" / f"p{i}.tif", hq + rng.normal(0, 0.2, hq.shape).astype(np.float32), "YX")
+    model = save_package(package, tmp_path / "model")
+    before = (model / "model.json").read_bytes()
+    source = ["--lq", str(tmp_path / "lq"), "--hq", str(tmp_path / "hq")]
+    assert main(["calibrate", str(model), *source, "-o", str(tmp_path / "cal"), "--max-pairs", "2"]) == 0
+    cal = load_package(tmp_path / "cal").uncertainty
+    assert cal is not None and cal.n_images == 2 and cal.data.endswith("p0, p2")  # evenly spread: the first and the last
+    assert "calibrated package" in capsys.readouterr().out and (model / "model.json").read_bytes() == before
+    assert main(["calibrate", str(model), *source, "-o", str(tmp_path / "cal")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    trained = package.provenance.model_copy(update={"training_data": TrainingData(split={"train": {"fields": ["p1"], "names": ["p1"]}})})
+    model = save_package(replace(package, provenance=trained), tmp_path / "trained_on_p1")
+    assert main(["calibrate", str(model), *source, "-o", str(tmp_path / "cal2")]) == 2
+    assert "p1: the model trained on this pair" in capsys.readouterr().err and not (tmp_path / "cal2").exists()
 
 
 def test_cli_enhance_writes_the_uncertainty_and_a_summary(package: ModelPackage, tmp_path: Path, rng: np.random.Generator,

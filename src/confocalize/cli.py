@@ -285,12 +285,10 @@ def cmd_models(args: argparse.Namespace) -> None:
         _print_rows(f"{name}  (give this name wherever a model package is asked for)", ["", ""], rows)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+def _given_pairs(args: argparse.Namespace) -> list:
+    """The pairs of ``_add_pair_source``'s options, only those of ``--split``'s ``--split-set`` when given."""
     from confocalize.data import read_split
-    from confocalize.evaluate import evaluate_model
-    from confocalize.package import load_package
     from confocalize.pairs import collect_pairs
-    from confocalize.report import REPORT
 
     pairs = collect_pairs(pairs_dir=args.pairs_dir, lq_dir=args.lq, hq_dir=args.hq, pairs_csv=args.pairs_csv,
                           field_pattern=args.field_pattern)
@@ -299,6 +297,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         pairs = [p for p in pairs if p.name in held_out]
         if not pairs:
             raise ConfocalizeError(f"{args.split}: none of its '{args.split_set}' pairs are in the given data")
+    return pairs
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from confocalize.evaluate import evaluate_model
+    from confocalize.package import load_package
+    from confocalize.report import REPORT
+
+    pairs = _given_pairs(args)
     package = load_package(args.model)
     with progress_bar("evaluate") as bar:
         result = evaluate_model(package, pairs, args.output, lq_pixel_size=args.lq_pixel_size, progress=bar,
@@ -316,6 +323,29 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _print_rows(f"uncertainty vs |error| ({kind}): median Spearman {block['median_spearman']:.3f}",
                     ["image", "Spearman", "median uncertainty", "RMS error"], rows)  # fmt: skip
     out.print(f"metrics: {Path(args.output) / 'metrics.json'}  figure: {Path(args.output) / 'figure.png'}  report: {Path(args.output) / REPORT}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from confocalize.package import load_package, save_package
+    from confocalize.uncertainty import calibrate, calibration_pairs
+
+    if args.output.exists():
+        raise ConfocalizeError(f"{args.output}: already exists; give a new path for the calibrated package (the model given is never changed)")
+    package = load_package(args.model)
+    pairs = calibration_pairs(package, _given_pairs(args), args.max_pairs)
+    names = ", ".join(p.name for p in pairs)
+    with progress_bar("calibrate") as bar:
+        cal = calibrate(package, pairs, data=f"held-out pairs given to confocalize calibrate: {names}", lq_pixel_size=args.lq_pixel_size, progress=bar)
+    path = save_package(replace(package, uncertainty=cal), args.output)
+    old = package.uncertainty
+    rows = [["images", cal.n_images, old.n_images if old else ""], ["scale (spread)", f"{cal.scale:.3f}", f"{old.scale:.3f}" if old else ""],
+            ["signal", f"{cal.signal:.5f}", f"{old.signal:.5f}" if old else ""], ["floor", f"{cal.floor:.4f}", f"{old.floor:.4f}" if old else ""],
+            ["Spearman on these images", f"{cal.spearman:.3f}" if cal.spearman is not None else "", ""],
+            ["flag above median uncertainty", f"{cal.median_p95:.4f}", f"{old.median_p95:.4f}" if old else ""]]  # fmt: skip
+    _print_rows(f"uncertainty calibration on {len(pairs)} pair(s): {names}", ["", "new", "the model's own" if old else "(it had none)"], rows)
+    out.print(f"calibrated package: {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -479,6 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", action="store_true",
                    help="enhance with uncertainty (8 flips/rotations) and report how it ranks the errors (Spearman per image)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit a model's uncertainty on your own held-out pairs; writes a new package")
+    p.add_argument("model", type=Path, help="model package: folder, .zip or built-in name (confocalize models)")
+    _add_pair_source(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the calibrated package (folder or .zip; must not exist)")
+    p.add_argument("--split", type=Path, help="split.json of the model's training run: calibrate on its --split-set pairs only")
+    p.add_argument("--split-set", default="val", choices=["val", "test"])
+    p.add_argument("--max-pairs", type=int, default=16, help="pairs used at most, evenly spread over those given (all are held in memory)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="simulate -> register -> train -> enhance -> evaluate on the embedded default")
     p.add_argument("-o", "--output", type=Path, default=Path("demo-output"))

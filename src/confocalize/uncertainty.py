@@ -23,6 +23,7 @@ import numpy as np
 
 from confocalize import calibration
 from confocalize.engine import Backend, Runner, make_runner
+from confocalize.errors import ConfocalizeError
 from confocalize.io import Image, read_image, refuse_time_lapse
 from confocalize.package import ModelPackage, UncertaintyCalibration
 from confocalize.pairs import PairPaths
@@ -94,22 +95,39 @@ def outside_calibration(package: ModelPackage, median_uncertainty: float) -> boo
     return None if cal is None else median_uncertainty > cal.median_p95
 
 
+def calibration_pairs(package: ModelPackage, pairs: Sequence[PairPaths], limit: int) -> list[PairPaths]:
+    """At most ``limit`` of ``pairs``, evenly spread, to calibrate ``package`` on; refuses a pair that the
+    package's recorded split names as a training pair (its errors would be too small)."""
+    data = package.provenance.training_data
+    trained = set(data.split.get("train", {}).get("names", [])) if data else set()
+    if seen := [p.name for p in pairs if p.name in trained]:
+        raise ConfocalizeError(f"{seen[0]}: the model trained on this pair (its split names it); calibrate on held-out pairs only")
+    if not pairs:
+        raise ConfocalizeError("no pairs to calibrate on; give held-out LQ/HQ pairs the model never trained on")
+    if len(pairs) <= limit:
+        return list(pairs)
+    return [pairs[round(i)] for i in np.linspace(0, len(pairs) - 1, limit)]
+
+
 def calibrate(
     package: ModelPackage, pairs: Sequence[PairPaths], data: str = "", tile: int = DEFAULT_TILE, lq_pixel_size: float | None = None,
-    backend: Backend = "auto",
+    backend: Backend = "auto", progress: Callable[[int, int], None] | None = None,
 ) -> UncertaintyCalibration:
-    """Fit the variance model on registered ``pairs`` (validation fields, never test fields), and the flag threshold.
+    """Fit the variance model on registered ``pairs`` (validation fields, never test fields), and the flag threshold
+    (``progress(done, total)`` after each pair).
 
     The package's current calibration is ignored: the raw spread is fitted. Holds every pair's
     images until the fit: give a validation set, not a whole data set.
     """
     raw = replace(package, uncertainty=None)
     spreads, means, errors = [], [], []
-    for pair in pairs:
+    for done, pair in enumerate(pairs, start=1):
         result = enhance_with_uncertainty(raw, read_image(pair.lq, pixel_size=lq_pixel_size), tile, backend=backend)
         errors.append(calibration.absolute_error(result.image.data, read_image(pair.hq).data, result.image.axes, package.normalization))
         spreads.append(result.uncertainty.data)
         means.append(result.image.data)
+        if progress is not None:
+            progress(done, len(pairs))
     return fit_calibration(spreads, means, errors, data)
 
 
