@@ -342,9 +342,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     old = package.uncertainty
     rows = [["images", cal.n_images, old.n_images if old else ""], ["scale (spread)", f"{cal.scale:.3f}", f"{old.scale:.3f}" if old else ""],
             ["signal", f"{cal.signal:.5f}", f"{old.signal:.5f}" if old else ""], ["floor", f"{cal.floor:.4f}", f"{old.floor:.4f}" if old else ""],
-            ["Spearman on these images", f"{cal.spearman:.3f}" if cal.spearman is not None else "", ""],
+            ["Spearman on its calibration images", *(f"{c.spearman:.3f}" if c and c.spearman is not None else "" for c in (cal, old))],
             ["flag above median uncertainty", f"{cal.median_p95:.4f}", f"{old.median_p95:.4f}" if old else ""]]  # fmt: skip
-    _print_rows(f"uncertainty calibration on {len(pairs)} pair(s): {names}", ["", "new", "the model's own" if old else "(it had none)"], rows)
+    _print_rows(f"uncertainty calibration on {len(pairs)} held-out pair(s)", ["", "new", "the model's own" if old else "(it had none)"], rows)
     out.print(f"calibrated package: {path}")
 
 
