@@ -340,10 +340,10 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         cal = calibrate(package, pairs, data=f"held-out pairs given to confocalize calibrate: {names}", lq_pixel_size=args.lq_pixel_size, progress=bar)
     path = save_package(replace(package, uncertainty=cal), args.output)
     old = package.uncertainty
-    rows = [["images", cal.n_images, old.n_images if old else ""], ["scale (spread)", f"{cal.scale:.3f}", f"{old.scale:.3f}" if old else ""],
-            ["signal", f"{cal.signal:.5f}", f"{old.signal:.5f}" if old else ""], ["floor", f"{cal.floor:.4f}", f"{old.floor:.4f}" if old else ""],
-            ["Spearman on its calibration images", *(f"{c.spearman:.3f}" if c and c.spearman is not None else "" for c in (cal, old))],
-            ["flag above median uncertainty", f"{cal.median_p95:.4f}", f"{old.median_p95:.4f}" if old else ""]]  # fmt: skip
+    fields = (("images", "n_images", "d"), ("scale (spread)", "scale", ".3f"), ("signal", "signal", ".5f"), ("floor", "floor", ".4f"),
+              ("Spearman on its calibration images", "spearman", ".3f"), ("flag above median uncertainty", "median_p95", ".4f"))  # fmt: skip
+    rows = [[label, *("" if c is None or getattr(c, key) is None else format(getattr(c, key), spec) for c in (cal, old))]
+            for label, key, spec in fields]  # fmt: skip
     _print_rows(f"uncertainty calibration on {len(pairs)} held-out pair(s)", ["", "new", "the model's own" if old else "(it had none)"], rows)
     out.print(f"calibrated package: {path}")
 
